@@ -1,0 +1,24 @@
+# convergence: do different neural networks converge on the same representations?
+# Table of contents of the workflow; each stage lives in rules/<stage>.smk, its logic in src/convergence/.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# Types, allowed values and defaults first, then what a schema cannot say (unknown offline model, ...).
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/datasets.smk"
+include: "rules/models.smk"
+include: "rules/extract.smk"
+
+
+rule all:
+    input:
+        extract_targets(),
+    default_target: True

@@ -1,0 +1,19 @@
+rule extract_activations:
+    input:
+        samples=f"{RESULTS}/datasets/{{dataset}}/samples.parquet",
+        weights=offline_weights,
+    output:
+        directory(f"{RESULTS}/activations/{{dataset}}/{{model}}.zarr"),
+    params:
+        spec=model_spec,  # only this model's entry: changing another model never reruns this one
+        chunk_size=config["extract"]["chunk_size"],
+        resources_dir=RESOURCES,
+    threads: 2
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=120,
+        gpu=model_gpus,
+    log:
+        f"{RESULTS}/logs/extract/{{dataset}}/{{model}}.log",
+    script:
+        "../scripts/extract_activations.py"

@@ -1,0 +1,122 @@
+"""Load and check the workflow configuration (the same checks the Snakefile runs before any job).
+
+Schema validation (types, allowed values, defaults) comes from config/schema.yaml; `check_config`
+adds what a schema cannot say: that offline models exist, that referenced datasets exist, that each
+sampler has the keys it needs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and the fix in the message."""
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills in schema defaults (as snakemake.utils.validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_schema(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Validate `config` against the JSON schema and fill in defaults (in place, also returned)."""
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
+            lines.append(f"  config key '{key}': {e.message}")
+        raise ConfigError("invalid configuration (see config/schema.yaml):\n" + "\n".join(lines))
+    return config
+
+
+SAMPLER_REQUIRED_KEYS = {"scenes": [], "hf": ["path"], "text_file": ["file"]}
+
+
+def check_config(config: dict) -> dict:
+    """Checks beyond the schema. Raises ConfigError naming the key and the fix."""
+    from convergence.models.offline import OFFLINE_MODELS
+
+    datasets = config["datasets"]
+    for name, spec in datasets.items():
+        for key in SAMPLER_REQUIRED_KEYS[spec["sampler"]]:
+            if not spec.get(key):
+                raise ConfigError(
+                    f"config key 'datasets.{name}.{key}' is required for sampler '{spec['sampler']}'"
+                )
+    for name, spec in config["models"].items():
+        scheme, _, ref = spec["source"].partition(":")
+        if scheme == "offline" and ref not in OFFLINE_MODELS:
+            raise ConfigError(
+                f"config key 'models.{name}.source': unknown offline model '{ref}'. "
+                f"Offline models: {', '.join(sorted(OFFLINE_MODELS))}; "
+                "other models use hf:<hub id> or local:<folder>."
+            )
+        if scheme == "offline" and isinstance(spec.get("layers"), list):
+            n = OFFLINE_MODELS[ref].n_hidden_states
+            bad = [i for i in spec["layers"] if not -n <= i < n]
+            if bad:
+                raise ConfigError(
+                    f"config key 'models.{name}.layers': {bad} out of range for {ref}, "
+                    f"which has {n} hidden states (indices 0..{n - 1}, or negative from the end)"
+                )
+        for ds in spec.get("datasets") or []:
+            if ds not in datasets:
+                raise ConfigError(
+                    f"config key 'models.{name}.datasets': unknown dataset '{ds}'. "
+                    f"Datasets in this config: {', '.join(sorted(datasets))}"
+                )
+    for ds in config.get("extract", {}).get("datasets") or []:
+        if ds not in datasets:
+            raise ConfigError(
+                f"config key 'extract.datasets': unknown dataset '{ds}'. "
+                f"Datasets in this config: {', '.join(sorted(datasets))}"
+            )
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    return check_config(validate_schema(config))
+
+
+def dataset_modalities(dataset_spec: dict) -> set[str]:
+    """Which model modalities a dataset can feed: text for language models, images for vision."""
+    if dataset_spec["sampler"] == "scenes":
+        return {"language", "vision"}
+    if dataset_spec["sampler"] == "hf":
+        mods = set()
+        if dataset_spec.get("text_column"):
+            mods.add("language")
+        if dataset_spec.get("image_column"):
+            mods.add("vision")
+        return mods
+    return {"language"}
+
+
+def datasets_for_model(config: dict, model: str) -> list[str]:
+    """Datasets a model is extracted on: its own list, else extract.datasets, else all that fit."""
+    spec = config["models"][model]
+    chosen = spec.get("datasets") or config.get("extract", {}).get("datasets") or list(config["datasets"])
+    return [d for d in chosen if spec["modality"] in dataset_modalities(config["datasets"][d])]

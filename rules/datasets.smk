@@ -7,6 +7,8 @@ rule sample_dataset:
     resources:
         mem_mb=2000,
         runtime=30,
+    conda:
+        "../envs/convergence.yaml"
     log:
         f"{RESULTS}/logs/datasets/{{dataset}}.log",
     script:

@@ -13,6 +13,8 @@ rule extract_activations:
         mem_mb=model_mem_mb,
         runtime=120,
         gpu=model_gpus,
+    conda:
+        "../envs/convergence.yaml"
     log:
         f"{RESULTS}/logs/extract/{{dataset}}/{{model}}.log",
     script:

@@ -6,6 +6,8 @@ rule fetch_offline_model:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/convergence.yaml"
     log:
         f"{RESULTS}/logs/models/fetch_{{offline}}.log",
     script:

@@ -74,6 +74,15 @@ def _batch_forward(lm: LoadedModel, texts: list[str], max_length: int, pooling: 
     return pooled.cpu().numpy(), nats, ntok
 
 
+def plan_batches(lengths: np.ndarray, chunk_size: int, batch_size: int):
+    """Windows of `chunk_size` samples (one Zarr chunk each), each split into batches of similar length."""
+    n = len(lengths)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        order = start + np.argsort(lengths[start:stop], kind="stable")
+        yield start, stop, [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+
+
 def _token_lengths(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     ids = tokenizer(texts, truncation=False, padding=False)["input_ids"]
     return np.array([len(x) for x in ids])
@@ -101,14 +110,11 @@ def extract_language(lm: LoadedModel, texts: list[str], sample_ids: list[str], o
     attrs = dict(attrs, n_truncated=n_truncated)
     bar = tqdm(total=n, desc=f"extract {attrs['model']}", unit="sample", disable=not progress, mininterval=2)
     with torch.inference_mode():
-        for start in range(0, n, chunk_size):
-            stop = min(n, start + chunk_size)
-            order = start + np.argsort(lengths[start:stop], kind="stable")
+        for start, stop, batches in plan_batches(lengths, chunk_size, batch_size):
             acts = None  # allocated from the first batch: the width is what the model returns
             nats = np.zeros(stop - start)
             ntok = np.zeros(stop - start, np.int64)
-            for b in range(0, len(order), batch_size):
-                idx = order[b:b + batch_size]
+            for idx in batches:
                 pooled, bn, bt = _batch_forward(lm, [texts[i] for i in idx], max_length, pooling, layers)
                 if acts is None:
                     acts = np.empty((stop - start,) + pooled.shape[1:], np.float32)

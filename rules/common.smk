@@ -8,6 +8,7 @@ check_config(config)
 
 RESULTS = config["results"]
 RESOURCES = config["resources_dir"]
+ZOO = f"{RESULTS}/zoo"
 
 
 def _alternatives(names):
@@ -18,6 +19,7 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     model=_alternatives(config["models"]),
     offline="[A-Za-z0-9_.-]+",
+    zoo=_alternatives(config.get("zoo", {})),
 
 
 def model_spec(wildcards):
@@ -28,15 +30,15 @@ def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
-def offline_name(model):
-    scheme, _, ref = config["models"][model]["source"].partition(":")
-    return ref if scheme == "offline" else None
-
-
-def offline_weights(wildcards):
-    """The unpacked weights folder of an offline model (a job of its own, shared by its controls)."""
-    name = offline_name(wildcards.model)
-    return [f"{RESOURCES}/models/{name}"] if name else []
+def model_weights(wildcards):
+    """The folder a model loads from when the workflow makes it: unpacked offline weights or a trained
+    zoo model (a job of its own, shared by the model's random-init control)."""
+    scheme, _, ref = config["models"][wildcards.model]["source"].partition(":")
+    if scheme == "offline":
+        return [f"{RESOURCES}/models/{ref}"]
+    if scheme == "zoo":
+        return [f"{ZOO}/{ref}"]
+    return []
 
 
 def model_mem_mb(wildcards, attempt):

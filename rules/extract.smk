@@ -1,14 +1,15 @@
 rule extract_activations:
     input:
         samples=f"{RESULTS}/datasets/{{dataset}}/samples.parquet",
-        weights=offline_weights,
+        weights=model_weights,
     output:
         directory(f"{RESULTS}/activations/{{dataset}}/{{model}}.zarr"),
     params:
         spec=model_spec,  # only this model's entry: changing another model never reruns this one
         chunk_size=config["extract"]["chunk_size"],
         resources_dir=RESOURCES,
-    threads: 2
+        zoo_dir=ZOO,
+    threads: lambda wc: 1 if config["models"][wc.model]["modality"] == "vision" else 2
     resources:
         mem_mb=model_mem_mb,
         runtime=120,

@@ -12,3 +12,24 @@ rule fetch_offline_model:
         f"{RESULTS}/logs/models/fetch_{{offline}}.log",
     script:
         "../scripts/fetch_offline_model.py"
+
+
+rule train_vision_model:
+    # The in-pipeline vision zoo: a small ViT/ResNet trained on a scenes dataset's attributes.
+    input:
+        samples=lambda wc: f"{RESULTS}/datasets/{config['zoo'][wc.zoo]['dataset']}/samples.parquet",
+    output:
+        directory(f"{RESULTS}/zoo/{{zoo}}"),
+    params:
+        entry=lambda wc: config["zoo"][wc.zoo],
+    threads: 1  # small models: one thread per job beats two on shared cores
+    resources:
+        mem_mb=3000,
+        runtime=60,
+        gpu=lambda wc: int(config["zoo"][wc.zoo]["train"]["device"] == "cuda"),
+    conda:
+        "../envs/convergence.yaml"
+    log:
+        f"{RESULTS}/logs/models/train_{{zoo}}.log",
+    script:
+        "../scripts/train_vision_model.py"

@@ -7,7 +7,7 @@ import xarray as xr
 
 from convergence import extract as ex
 from convergence.datasets import read_samples, sample_dataset
-from convergence.models import load_model
+from convergence.models import ModelLoadError, load_model
 from convergence.store import StoreError, check_same_samples, open_activations
 
 
@@ -110,9 +110,19 @@ def test_killed_extraction_leaves_no_store(tiny_models, scenes_small, tmp_path, 
 def test_bad_inputs_fail_before_heavy_work(tiny_models, scenes_small, tmp_path):
     with pytest.raises(ValueError, match="models.llama.layers: layer 9 out of range"):
         _extract(tiny_models, scenes_small, "llama", tmp_path / "a.zarr", layers=[9])
-    with pytest.raises(ex.ExtractionError, match="modality 'vision' is not supported"):
+    with pytest.raises(ModelLoadError, match="no usable image processor"):
         _extract(tiny_models, scenes_small, "llama", tmp_path / "b.zarr", modality="vision")
+    text_only = sample_dataset("t", {"sampler": "text_file", "file": str(_lines(tmp_path)), "n": 3}, tmp_path / "t")
+    with pytest.raises(ex.ExtractionError, match="vision model .vit. needs one image per sample"):
+        ex.extract_to_zarr(text_only, {"source": f"local:{tiny_models['vit']}", "modality": "vision"},
+                           tmp_path / "c.zarr", model_name="vit", progress=False)
     assert not (tmp_path / "a.zarr").exists()
+
+
+def _lines(tmp_path):
+    f = tmp_path / "lines.txt"
+    f.write_text("one\ntwo\nthree\n")
+    return f
 
 
 def test_store_checks(tiny_models, scenes_small, tmp_path):
@@ -127,3 +137,28 @@ def test_store_checks(tiny_models, scenes_small, tmp_path):
                             model_name="bert", progress=False)
     with pytest.raises(StoreError, match="different samples"):
         check_same_samples(open_activations(path), open_activations(p2))
+
+
+@pytest.mark.parametrize("arch,pooling", [("vit", "cls"), ("dinov2", "mean"), ("clip", "cls"), ("resnet", "mean")])
+def test_vision_extraction_equals_a_direct_forward(tiny_models, scenes_small, tmp_path, arch, pooling):
+    from PIL import Image
+
+    spec = {"source": f"local:{tiny_models[arch]}", "modality": "vision", "pooling": pooling, "batch_size": 6}
+    ds = xr.open_zarr(ex.extract_to_zarr(scenes_small[0], spec, tmp_path / f"{arch}.zarr", model_name=arch,
+                                         chunk_size=16, progress=False))
+    lm = load_model(spec)
+    assert lm.kind == "vision" and ds.attrs["modality"] == "vision"
+    assert ds.sizes["layer"] == lm.n_hidden_states == 3
+    df, _ = read_samples(scenes_small[0])
+    assert ds["sample_id"].values.tolist() == df["sample_id"].tolist()
+    for i in [0, 13, 39]:
+        pixels = lm.processor(images=[Image.open(df["image"][i]).convert("RGB")], return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            hs = lm.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        if arch == "resnet":
+            want = torch.stack([h[0].mean((1, 2)) for h in hs])
+        elif pooling == "cls":
+            want = torch.stack([h[0, 0] for h in hs])
+        else:
+            want = torch.stack([h[0, 1:].mean(0) for h in hs])
+        np.testing.assert_allclose(ds["activations"].values[i], want.numpy(), rtol=1e-4, atol=1e-5)

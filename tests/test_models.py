@@ -151,3 +151,15 @@ def test_real_packaged_smollm2_gguf(tmp_path):
         out_b = lm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"])
     assert torch.allclose(out_a.logits, out_b.logits, atol=1e-5)
     assert 1.0 < out_b.loss.item() < 6.0  # a trained model on plain English, not a random one (~10.8)
+
+
+@pytest.mark.parametrize("arch", ["vit", "dinov2", "clip", "resnet"])
+def test_vision_models_load_pretrained_and_random(tiny_models, arch):
+    spec = {"source": f"local:{tiny_models[arch]}", "modality": "vision"}
+    pre = load_model(spec)
+    rnd = load_model(dict(spec, init="random", seed=3))
+    assert pre.kind == rnd.kind == "vision" and pre.n_hidden_states == rnd.n_hidden_states == 3
+    assert type(pre.model) is type(rnd.model)
+    assert pre.params_sha256 != rnd.params_sha256
+    if arch == "clip":  # the image tower only, as PRH uses
+        assert type(pre.model).__name__ == "CLIPVisionModel"

@@ -13,12 +13,18 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def base_config(tiny_models):
     return {
-        "datasets": {"tiny": {"sampler": "scenes", "n": 24, "seed": 1, "image_size": 32}},
-        "extract": {"chunk_size": 16},
+        "datasets": {"tiny": {"sampler": "scenes", "n": 24, "seed": 1, "image_size": 32},
+                     "tiny_train": {"sampler": "scenes", "n": 48, "seed": 2, "image_size": 32}},
+        "extract": {"chunk_size": 16, "datasets": ["tiny"]},
+        "zoo": {"cnn": {"dataset": "tiny_train",
+                        "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
+                        "train": {"epochs": 2, "batch_size": 16}}},
         "models": {
             "llama": {"source": f"local:{tiny_models['llama']}", "batch_size": 8},
             "bert": {"source": f"local:{tiny_models['bert']}"},
             "bert-random": {"source": f"local:{tiny_models['bert']}", "init": "random", "seed": 0},
+            "cnn": {"source": "zoo:cnn", "modality": "vision"},
+            "cnn-random": {"source": "zoo:cnn", "modality": "vision", "init": "random"},
         },
     }
 
@@ -37,6 +43,9 @@ def test_run_writes_stores_that_xarray_opens(finished_run, base_config):
     assert stores["bert-random"].attrs["init"] == "random"
     assert stores["bert"].attrs["params_sha256"] != stores["bert-random"].attrs["params_sha256"]
     assert "bpb" in stores["llama"] and "bpb" not in stores["bert"]
+    assert stores["cnn"].attrs["modality"] == "vision" and 0 < stores["cnn"].attrs["accuracy"] <= 1
+    assert (finished_run / "results/zoo/cnn/metrics.json").exists()
+    assert not (finished_run / "results/activations/tiny_train").exists()  # extract.datasets: [tiny]
     assert (finished_run / "results/logs/extract/tiny/llama.log").exists()
     assert planned_jobs(finished_run, base_config) == {}  # nothing to redo
 
@@ -46,7 +55,10 @@ def test_adding_a_model_schedules_exactly_its_extraction(finished_run, base_conf
     config["models"]["mpnet"] = {"source": f"local:{tiny_models['mpnet']}"}
     assert planned_jobs(finished_run, config) == {"extract_activations": 1, "all": 1}
     config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 8, "seed": 2, "image_size": 32}
-    assert planned_jobs(finished_run, config) == {"sample_dataset": 1, "extract_activations": 5, "all": 1}
+    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "all": 1}  # not in extract.datasets
+    config["extract"]["datasets"].append("tiny2")
+    # mpnet on tiny (still pending in this dry run) + all six models on tiny2
+    assert planned_jobs(finished_run, config) == {"sample_dataset": 1, "extract_activations": 7, "all": 1}
 
 
 def test_changing_one_model_reruns_that_model_only(finished_run, base_config):

@@ -65,7 +65,33 @@ def _config(arch: str, vocab_size: int):
     raise ValueError(arch)
 
 
-ARCHS = {"llama": "causal_lm", "gemma3": "causal_lm", "bert": "encoder", "mpnet": "encoder"}
+ARCHS = {"llama": "causal_lm", "gemma3": "causal_lm", "bert": "encoder", "mpnet": "encoder",
+         "vit": "vision", "dinov2": "vision", "clip": "vision", "resnet": "vision"}
+IMAGE_SIZE = 32
+
+
+def _vision_model(arch: str):
+    import transformers as t
+
+    common = dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=4)
+    if arch == "vit":
+        return t.ViTModel(t.ViTConfig(**common)), t.ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    if arch == "dinov2":
+        return (t.Dinov2Model(t.Dinov2Config(**common, mlp_ratio=2)),
+                t.BitImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
+    if arch == "clip":  # a whole CLIP checkpoint (text + vision): the loader must take its vision tower
+        text, _ = build_tokenizer("causal_lm")
+        config = t.CLIPConfig(
+            text_config=dict(vocab_size=len(SPECIALS + WORDS), hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32),
+            vision_config=dict(common), projection_dim=16)
+        return t.CLIPModel(config), t.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    if arch == "resnet":
+        config = t.ResNetConfig(embedding_size=16, hidden_sizes=[16, 16], depths=[1, 1], layer_type="basic")
+        return t.ResNetModel(config), t.ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    raise ValueError(arch)
 
 
 def save_tiny_model(arch: str, folder: str | Path, seed: int = 1234) -> Path:
@@ -73,6 +99,12 @@ def save_tiny_model(arch: str, folder: str | Path, seed: int = 1234) -> Path:
 
     folder = Path(folder)
     kind = ARCHS[arch]
+    if kind == "vision":
+        torch.manual_seed(seed)
+        model, processor = _vision_model(arch)
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+        return folder
     tokenizer, vocab_size = build_tokenizer(kind)
     config = _config(arch, vocab_size)
     torch.manual_seed(seed)

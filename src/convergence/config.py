@@ -64,8 +64,23 @@ def check_config(config: dict) -> dict:
                 raise ConfigError(
                     f"config key 'datasets.{name}.{key}' is required for sampler '{spec['sampler']}'"
                 )
+    for name, entry in config.get("zoo", {}).items():
+        ds = datasets.get(entry["dataset"])
+        if ds is None or ds["sampler"] != "scenes":
+            raise ConfigError(
+                f"config key 'zoo.{name}.dataset': '{entry['dataset']}' must be a scenes dataset of this config "
+                "(zoo models learn the scene attributes)"
+            )
     for name, spec in config["models"].items():
         scheme, _, ref = spec["source"].partition(":")
+        if scheme == "zoo":
+            if ref not in config.get("zoo", {}):
+                raise ConfigError(
+                    f"config key 'models.{name}.source': no zoo entry '{ref}'. "
+                    f"Zoo entries: {', '.join(sorted(config.get('zoo', {}))) or 'none'}"
+                )
+            if spec["modality"] != "vision":
+                raise ConfigError(f"config key 'models.{name}.modality': zoo models are vision models (set vision)")
         if scheme == "offline" and ref not in OFFLINE_MODELS:
             raise ConfigError(
                 f"config key 'models.{name}.source': unknown offline model '{ref}'. "

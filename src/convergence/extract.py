@@ -62,16 +62,59 @@ def causal_lm_nats(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Te
     return (nll * valid).sum(1).double(), valid.sum(1)
 
 
-def _batch_forward(lm: LoadedModel, texts: list[str], max_length: int, pooling: str, layers: list[int]):
-    enc = lm.processor(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    accepted = inspect.signature(lm.model.forward).parameters
-    enc = {k: v.to(lm.device) for k, v in enc.items() if k in accepted}
-    out = lm.model(**enc, output_hidden_states=True)
-    pooled = pool_hidden_states(out.hidden_states, enc["attention_mask"], pooling, layers)
-    nats = ntok = None
-    if lm.kind == "causal_lm":
-        nats, ntok = causal_lm_nats(out.logits, enc["input_ids"], enc["attention_mask"])
-    return pooled.cpu().numpy(), nats, ntok
+class TextInputs:
+    """Captions/texts for a language model: tokenised per batch, padded right, masked pooling."""
+
+    def __init__(self, lm: LoadedModel, texts: list[str], max_length: int):
+        self.lm, self.texts, self.max_length = lm, texts, max_length
+        ids = lm.processor(texts, truncation=False, padding=False)["input_ids"]
+        self.lengths = np.array([len(x) for x in ids])  # sort key: batches of similar length pad little
+        self.n_truncated = int((self.lengths > max_length).sum())
+        self._accepted = inspect.signature(lm.model.forward).parameters
+
+    def forward(self, idx: np.ndarray, pooling: str, layers: list[int]):
+        lm = self.lm
+        enc = lm.processor([self.texts[i] for i in idx], padding=True, truncation=True,
+                           max_length=self.max_length, return_tensors="pt")
+        enc = {k: v.to(lm.device) for k, v in enc.items() if k in self._accepted}
+        out = lm.model(**enc, output_hidden_states=True)
+        pooled = pool_hidden_states(out.hidden_states, enc["attention_mask"], pooling, layers)
+        extras = {}
+        if lm.kind == "causal_lm":
+            nats, ntok = causal_lm_nats(out.logits, enc["input_ids"], enc["attention_mask"])
+            extras = {"nats": nats.cpu().numpy(), "n_tokens": ntok.cpu().numpy()}
+        return pooled.cpu().numpy(), extras
+
+    def window_vars(self, start: int, stop: int, extras: dict) -> dict:
+        """Per-sample performance of causal LMs: loss (nats/token) and bits per UTF-8 byte."""
+        if self.lm.kind != "causal_lm":
+            return {}
+        nats, ntok = extras["nats"], extras["n_tokens"]
+        nbytes = np.array([len(t.encode("utf-8")) for t in self.texts[start:stop]])
+        return {"loss": (("sample",), nats / np.maximum(ntok, 1)),
+                "bpb": (("sample",), nats / math.log(2) / nbytes),
+                "n_tokens": (("sample",), ntok.astype(np.int64))}
+
+
+class ImageInputs:
+    """Images for a vision model, preprocessed by the model's own image processor."""
+
+    def __init__(self, lm: LoadedModel, image_paths: list[str]):
+        self.lm, self.paths = lm, image_paths
+        self.lengths = np.zeros(len(image_paths), np.int64)  # one size: no reordering needed
+
+    def forward(self, idx: np.ndarray, pooling: str, layers: list[int]):
+        from PIL import Image
+
+        from convergence.vision import pool_vision_hidden_states
+
+        images = [Image.open(self.paths[i]).convert("RGB") for i in idx]
+        pixels = self.lm.processor(images=images, return_tensors="pt")["pixel_values"].to(self.lm.device)
+        out = self.lm.model(pixel_values=pixels.to(self.lm.model.dtype), output_hidden_states=True)
+        return pool_vision_hidden_states(out.hidden_states, pooling, layers).cpu().numpy(), {}
+
+    def window_vars(self, start: int, stop: int, extras: dict) -> dict:
+        return {}
 
 
 def plan_batches(lengths: np.ndarray, chunk_size: int, batch_size: int):
@@ -81,11 +124,6 @@ def plan_batches(lengths: np.ndarray, chunk_size: int, batch_size: int):
         stop = min(n, start + chunk_size)
         order = start + np.argsort(lengths[start:stop], kind="stable")
         yield start, stop, [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-
-
-def _token_lengths(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
-    ids = tokenizer(texts, truncation=False, padding=False)["input_ids"]
-    return np.array([len(x) for x in ids])
 
 
 def _write_window(ds: xr.Dataset, path: Path, first: bool, chunk_size: int) -> None:
@@ -98,66 +136,75 @@ def _write_window(ds: xr.Dataset, path: Path, first: bool, chunk_size: int) -> N
             ds.drop_vars("layer").to_zarr(path, append_dim="sample", consolidated=True)
 
 
-def extract_language(lm: LoadedModel, texts: list[str], sample_ids: list[str], out: Path, layers: list[int],
-                     pooling: str, batch_size: int, max_length: int, chunk_size: int, store_dtype,
-                     attrs: dict, progress: bool = True) -> dict:
-    n = len(texts)
-    lengths = _token_lengths(lm.processor, texts, max_length)
-    n_truncated = int((lengths > max_length).sum())
-    if n_truncated:
-        print(f"warning: {n_truncated} of {n} texts exceed max_length={max_length} tokens and are truncated",
-              file=sys.stderr)
-    attrs = dict(attrs, n_truncated=n_truncated)
+def extract_windows(inputs, sample_ids: list[str], out: Path, layers: list[int], pooling: str, batch_size: int,
+                    chunk_size: int, store_dtype, attrs: dict, progress: bool = True) -> None:
+    """Run `inputs` through the model window by window and append each window to the store at `out`."""
+    n = len(sample_ids)
     bar = tqdm(total=n, desc=f"extract {attrs['model']}", unit="sample", disable=not progress, mininterval=2)
     with torch.inference_mode():
-        for start, stop, batches in plan_batches(lengths, chunk_size, batch_size):
+        for start, stop, batches in plan_batches(inputs.lengths, chunk_size, batch_size):
             acts = None  # allocated from the first batch: the width is what the model returns
-            nats = np.zeros(stop - start)
-            ntok = np.zeros(stop - start, np.int64)
+            extras: dict[str, np.ndarray] = {}
             for idx in batches:
-                pooled, bn, bt = _batch_forward(lm, [texts[i] for i in idx], max_length, pooling, layers)
+                pooled, batch_extras = inputs.forward(idx, pooling, layers)
                 if acts is None:
                     acts = np.empty((stop - start,) + pooled.shape[1:], np.float32)
                 acts[idx - start] = pooled
-                if bn is not None:
-                    nats[idx - start] = bn.cpu().numpy()
-                    ntok[idx - start] = bt.cpu().numpy()
+                for key, values in batch_extras.items():
+                    extras.setdefault(key, np.zeros(stop - start, values.dtype))[idx - start] = values
                 bar.update(len(idx))
             if not np.isfinite(acts).all():
                 raise ExtractionError(
                     f"model {attrs['model']} produced NaN/inf activations for samples {start}..{stop - 1} "
                     f"(dtype {attrs['dtype']}; try dtype: float32)"
                 )
-            data = {"activations": (("sample", "layer", "neuron"), acts.astype(store_dtype))}
-            if lm.kind == "causal_lm":
-                nbytes = np.array([len(t.encode("utf-8")) for t in texts[start:stop]])
-                data["loss"] = (("sample",), nats / np.maximum(ntok, 1))
-                data["bpb"] = (("sample",), nats / math.log(2) / nbytes)
-                data["n_tokens"] = (("sample",), ntok)
+            data = {"activations": (("sample", "layer", "neuron"), acts.astype(store_dtype)),
+                    **inputs.window_vars(start, stop, extras)}
             ds = xr.Dataset(data, coords={"sample_id": ("sample", np.array(sample_ids[start:stop], dtype=object)),
                                           "layer": np.array(layers)})
             ds.attrs = attrs  # every window: an append rewrites the group's attributes
             _write_window(ds, out, first=start == 0, chunk_size=chunk_size)
     bar.close()
-    return attrs
+
+
+def _inputs_for(lm: LoadedModel, df, modality: str, spec: dict, model_name: str, samples_path):
+    column = "text" if modality == "language" else "image"
+    if column not in df or df[column].isna().any():
+        raise ExtractionError(
+            f"{samples_path}: {modality} model '{model_name}' needs one {column} per sample; "
+            f"choose datasets with {column}s in models.{model_name}.datasets"
+        )
+    if modality == "language":
+        inputs = TextInputs(lm, df["text"].tolist(), int(spec.get("max_length", 128)))
+        if inputs.n_truncated:
+            print(f"warning: {inputs.n_truncated} of {len(df)} texts exceed max_length={inputs.max_length} "
+                  "tokens and are truncated", file=sys.stderr)
+        return inputs
+    return ImageInputs(lm, df["image"].tolist())
+
+
+def _performance(lm: LoadedModel, spec: dict) -> dict:
+    """Vision zoo models carry their held-out attribute accuracy (the performance axis of vision)."""
+    metrics = lm.metrics or {}
+    if "holdout" not in metrics:
+        return {}
+    key = "holdout" if spec.get("init", "pretrained") == "pretrained" else "untrained_holdout"
+    return {"accuracy": float(metrics[key]["mean_accuracy"]),
+            "chance_accuracy": float(metrics["chance_holdout"]["mean_accuracy"])}
 
 
 def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, *, model_name: str,
                     dataset_name: str | None = None, resources_dir: str | Path = "resources",
-                    chunk_size: int = 256, threads: int | None = None, progress: bool = True) -> Path:
+                    zoo_dir: str | Path = "results/zoo", chunk_size: int = 256, threads: int | None = None,
+                    progress: bool = True) -> Path:
     """Extract one model on one dataset into a Zarr store at `out_path` (written to a temp path, renamed)."""
     if threads:
         torch.set_num_threads(int(threads))
     df, meta = read_samples(samples_path)
     modality = spec.get("modality", "language")
-    if modality == "language":
-        if "text" not in df or df["text"].isna().any():
-            raise ExtractionError(f"{samples_path}: language model '{model_name}' needs a text for every sample")
-    else:
-        raise ExtractionError(f"model '{model_name}': modality '{modality}' is not supported by extraction yet")
-
-    lm = load_model(spec, resources_dir)
+    lm = load_model(spec, resources_dir, zoo_dir=zoo_dir)
     layers = resolve_layers(spec.get("layers", "all"), lm.n_hidden_states, where=f"models.{model_name}.layers")
+    inputs = _inputs_for(lm, df, modality, spec, model_name, samples_path)
     attrs = {
         "model": model_name,
         "source": spec["source"],
@@ -171,18 +218,17 @@ def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, 
         "dtype": spec.get("dtype", "float32"),
         "store_dtype": spec.get("store_dtype", "float32"),
         "max_length": int(spec.get("max_length", 128)),
+        "n_truncated": int(getattr(inputs, "n_truncated", 0)),
         "weights_sha256": lm.weights_sha256 or "",
         "params_sha256": lm.params_sha256,
         "dataset": dataset_name or meta.get("dataset", ""),
         "dataset_sha256": meta.get("content_sha256", ""),
         "n_samples": int(len(df)),
         "packages": package_versions(),
+        **_performance(lm, spec),
     }
     with atomic_path(out_path) as tmp:
-        extract_language(
-            lm, df["text"].tolist(), df["sample_id"].tolist(), tmp, layers,
-            pooling=attrs["pooling"], batch_size=int(spec.get("batch_size", 32)),
-            max_length=attrs["max_length"], chunk_size=chunk_size,
-            store_dtype=STORE_DTYPES[attrs["store_dtype"]], attrs=attrs, progress=progress,
-        )
+        extract_windows(inputs, df["sample_id"].tolist(), tmp, layers, pooling=attrs["pooling"],
+                        batch_size=int(spec.get("batch_size", 32)), chunk_size=chunk_size,
+                        store_dtype=STORE_DTYPES[attrs["store_dtype"]], attrs=attrs, progress=progress)
     return Path(out_path)

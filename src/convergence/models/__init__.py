@@ -36,6 +36,7 @@ class LoadedModel:
     weights_sha256: str | None  # of the weights file, where known (offline models)
     source: str
     device: torch.device
+    metrics: dict | None = None  # a zoo model's training metrics (held-out accuracy, ...)
 
 
 @dataclass
@@ -46,8 +47,14 @@ class ResolvedSource:
     record: dict | None  # offline provenance
 
 
-def resolve_source(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True) -> ResolvedSource:
+def resolve_source(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True,
+                   zoo_dir: str | Path = "results/zoo") -> ResolvedSource:
     scheme, _, ref = spec["source"].partition(":")
+    if scheme == "zoo":
+        folder = Path(zoo_dir) / ref
+        if not (folder / "config.json").exists():
+            raise ModelLoadError(f"zoo model '{ref}' is not trained yet: {folder} is missing (snakemake {folder})")
+        return ResolvedSource(str(folder), None, None, None)
     if scheme == "offline":
         folder = Path(resources_dir) / "models" / ref
         if not (folder / offline.WEIGHTS_RECORD).exists():
@@ -66,7 +73,7 @@ def resolve_source(spec: dict, resources_dir: str | Path = "resources", material
     if scheme == "hf":
         return ResolvedSource(ref, spec.get("gguf_file"), spec.get("revision"), None)
     raise ModelLoadError(
-        f"unknown model source '{spec['source']}': use offline:<name>, hf:<hub id> or local:<folder>"
+        f"unknown model source '{spec['source']}': use offline:<name>, hf:<hub id>, local:<folder> or zoo:<name>"
     )
 
 
@@ -113,9 +120,17 @@ def detect_kind(config, spec: dict) -> str:
     return "encoder"
 
 
-def num_hidden_states(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text.num_hidden_layers) + 1
+def num_hidden_states(config, kind: str = "encoder") -> int:
+    """Hidden states a forward pass returns: the embedding output plus one per block (or CNN stage)."""
+    if kind == "vision" and getattr(config, "vision_config", None) is not None:
+        config = config.vision_config
+    elif kind != "vision" and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    if hasattr(config, "num_hidden_layers"):
+        return int(config.num_hidden_layers) + 1
+    if hasattr(config, "depths"):  # ResNet-like CNNs: embedder + one per stage
+        return len(config.depths) + 1
+    raise ModelLoadError(f"cannot tell how many hidden states a {type(config).__name__} model returns")
 
 
 def params_fingerprint(model: torch.nn.Module) -> str:
@@ -135,9 +150,15 @@ def pick_device(spec: dict) -> torch.device:
     return torch.device(want)
 
 
-def _auto_class(kind: str):
+# Multimodal checkpoints whose vision tower is a model of its own (PRH uses the image encoder).
+VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
+
+
+def _auto_class(kind: str, config=None):
     import transformers
 
+    if kind == "vision" and getattr(config, "model_type", None) in VISION_TOWERS:
+        return getattr(transformers, VISION_TOWERS[config.model_type])
     return {
         "causal_lm": transformers.AutoModelForCausalLM,
         "encoder": transformers.AutoModel,
@@ -151,7 +172,12 @@ def _load_processor(src: ResolvedSource, spec: dict, kind: str):
     kwargs = dict(gguf_file=src.gguf_file, revision=src.revision,
                   trust_remote_code=spec.get("trust_remote_code", False))
     if kind == "vision":
-        return transformers.AutoImageProcessor.from_pretrained(src.path, **kwargs)
+        try:
+            return transformers.AutoImageProcessor.from_pretrained(src.path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"vision model '{spec['source']}' has no usable image processor (preprocessor_config.json): {e}"
+            ) from e
     tok = transformers.AutoTokenizer.from_pretrained(src.path, **kwargs)
     tok.padding_side = "right"  # pooling and loss index valid tokens from the left
     if tok.pad_token is None:
@@ -161,17 +187,22 @@ def _load_processor(src: ResolvedSource, spec: dict, kind: str):
     return tok
 
 
-def load_model(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True) -> LoadedModel:
+def load_model(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True,
+               zoo_dir: str | Path = "results/zoo") -> LoadedModel:
     """Load the model a config entry describes, on the device it asks for, in eval mode."""
-    src = resolve_source(spec, resources_dir, materialize=materialize)
+    src = resolve_source(spec, resources_dir, materialize=materialize, zoo_dir=zoo_dir)
     config = load_config(src, spec)
     kind = detect_kind(config, spec)
     dtype = DTYPES[spec.get("dtype", "float32")]
-    cls = _auto_class(kind)
+    cls = _auto_class(kind, config)
+    if cls.__name__ in VISION_TOWERS.values():
+        config = config.vision_config
     common = dict(trust_remote_code=spec.get("trust_remote_code", False))
     if spec.get("init", "pretrained") == "random":
         torch.manual_seed(int(spec.get("seed", 0)))
-        model = cls.from_config(config, dtype=dtype, **common)
+        # Auto classes build from a config with from_config; concrete classes (vision towers) with _from_config.
+        build = getattr(cls, "from_config", None) or cls._from_config
+        model = build(config, dtype=dtype, **(common if hasattr(cls, "from_config") else {}))
     else:
         kwargs = dict(gguf_file=src.gguf_file, revision=src.revision, dtype=dtype, **common)
         if src.gguf_file is None:
@@ -184,16 +215,18 @@ def load_model(spec: dict, resources_dir: str | Path = "resources", materialize:
             ) from e
     device = pick_device(spec)
     model.to(device).eval()
+    metrics_file = Path(src.path) / "metrics.json"
     return LoadedModel(
         model=model,
         processor=_load_processor(src, spec, kind),
         kind=kind,
         n_params=sum(p.numel() for p in model.parameters()),
-        n_hidden_states=num_hidden_states(config),
+        n_hidden_states=num_hidden_states(config, kind),
         params_sha256=params_fingerprint(model),
         weights_sha256=(src.record or {}).get("weights_sha256"),
         source=spec["source"],
         device=device,
+        metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else None,
     )
 
 

@@ -1,0 +1,212 @@
+"""Alignment of two models over every layer pair, and its uncertainty for one pair.
+
+    Z = layer_scores(A, B, "mutual_knn", topk=10)    # A [N, La, D], B [N, Lb, D'] -> [La, Lb]
+    i, j, best = best_pair(Z)                        # max over layer pairs, as PRH
+    X, Y = preprocess(A)[:, i], preprocess(B)[:, j]
+    bootstrap_ci(X, Y, "mutual_knn", topk=10)         # (score, low, high)
+    permutation_pvalue(X, Y, "mutual_knn", topk=10)   # (score, p_value, null)
+
+``layer_scores`` equals looping ``metrics.score`` over the preprocessed layers, but runs the
+metric's per-representation half (kNN indices, centred Gram, SVD basis) once per layer.
+Arrays only: no files, no models.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import metrics
+from .metrics._registry import as_matrix, check_pair, to_numpy
+
+CLIP_METHODS = ("global", "per_sample_mean")
+
+
+# ---- preprocessing (explicit, so callers can record it) ---------------------------------
+
+
+def _as_stack(A, label: str) -> np.ndarray:
+    A = to_numpy(A)
+    if A.ndim != 3:
+        raise ValueError(f"{label} must be 3-D [N, layers, D], got shape {A.shape}")
+    if 0 in A.shape:
+        raise ValueError(f"{label} is empty (shape {A.shape})")
+    return A
+
+
+def clip_threshold(A, q: float, method: str = "global") -> float:
+    """PRH's ``remove_outliers`` threshold over all layers of one model ``[N, L, D]``.
+
+    ``'global'``: the element at index int(q * size) of the sorted |A| (PRH ``exact=True``,
+    its ``--precise`` mode); ``'per_sample_mean'``: the q-quantile of |A| within each sample
+    (linear interpolation), averaged over samples (PRH's default ``exact=False``).
+    """
+    A = _as_stack(A, "A")
+    if not (np.isscalar(q) and 0 < q <= 1):
+        raise ValueError(f"clip_quantile must be in (0, 1], got {q!r}")
+    if method not in CLIP_METHODS:
+        raise ValueError(f"clip_method={method!r} must be one of {CLIP_METHODS}")
+    magnitudes = np.abs(A)
+    if not np.isfinite(magnitudes).all():
+        raise ValueError("A has non-finite values (NaN or inf)")
+    if method == "per_sample_mean":
+        per_sample = np.quantile(magnitudes.reshape(A.shape[0], -1).astype(np.float64), q, axis=1)
+        return float(per_sample.mean())
+    flat = magnitudes.ravel()
+    k = min(int(q * flat.size), flat.size - 1)
+    return float(np.partition(flat, k)[k])
+
+
+def preprocess_layer(layer, normalize: bool = True, threshold: float | None = None,
+                     label: str = "layer") -> np.ndarray:
+    """One layer ``[N, D]`` in float64: clamp to ±threshold (from ``clip_threshold`` over the
+    model's layers), then rows to unit L2 norm (all-zero rows stay zero, as F.normalize)."""
+    x = as_matrix(layer, label)
+    if threshold is not None:
+        x = np.clip(x, -threshold, threshold)
+    if normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1.0)
+    return x
+
+
+def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
+               clip_method: str = "global") -> np.ndarray:
+    """PRH preprocessing of one model's features ``[N, L, D]`` -> float64 ``[N, L, D]``:
+    optional outlier clamp at the ``clip_quantile`` of |A| over all its layers
+    (``clip_threshold``), then (``normalize``) each layer's rows L2-normalised."""
+    A = _as_stack(A, "A")
+    threshold = None if clip_quantile is None else clip_threshold(A, clip_quantile, clip_method)
+    layers = [preprocess_layer(A[:, i], normalize, threshold, f"A layer {i}") for i in range(A.shape[1])]
+    return np.stack(layers, axis=1)
+
+
+# ---- all layer pairs -----------------------------------------------------------------------
+
+
+def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float | None = None,
+                 clip_method: str = "global", **params) -> np.ndarray:
+    """``[La, Lb]`` scores of ``metric`` between every layer of A ``[N, La, Da]`` and of
+    B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and one
+    of A's at a time (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits)."""
+    spec = metrics.get(metric)
+    prepare_params, compare_params = spec.split_params(params)
+    A, B = _as_stack(A, "A"), _as_stack(B, "B")
+    if A.shape[0] != B.shape[0]:
+        raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
+
+    def states(stack, label):
+        threshold = None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
+        for i in range(stack.shape[1]):
+            layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}")
+            yield spec.prepare_one(layer, prepare_params)
+
+    states_b = list(states(B, "B"))
+    out = np.empty((A.shape[1], B.shape[1]))
+    for i, state_a in enumerate(states(A, "A")):
+        for j, state_b in enumerate(states_b):
+            out[i, j] = spec.compare_pair(state_a, state_b, compare_params)
+    return out
+
+
+def best_pair(matrix) -> tuple[int, int, float]:
+    """(layer_a, layer_b, score) of the maximum; the first in row-major order on ties
+    (PRH's loop order)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.size == 0:
+        raise ValueError(f"expected a non-empty 2-D score matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError("score matrix has non-finite values")
+    i, j = np.unravel_index(int(np.argmax(matrix)), matrix.shape)
+    return int(i), int(j), float(matrix[i, j])
+
+
+# ---- uncertainty for one layer pair ---------------------------------------------------------
+
+
+class Interval(NamedTuple):
+    score: float  # on all samples
+    low: float
+    high: float
+
+
+class PermutationTest(NamedTuple):
+    score: float
+    p_value: float
+    null: np.ndarray  # scores under shuffled correspondence
+
+
+def _setup(X, Y, metric: str, params: dict):
+    spec = metrics.get(metric)
+    prepare_params, compare_params = spec.split_params(params)
+    X, Y = as_matrix(X, "X"), as_matrix(Y, "Y")
+    check_pair(X, Y)
+    return spec, prepare_params, compare_params, X, Y
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def bootstrap_ci(X, Y, metric: str, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                 **params) -> Interval:
+    """Interval for one layer pair's score from resampling samples (X, Y as given: pass
+    preprocessed layers, e.g. ``preprocess(A)[:, i]``). Seeded and deterministic.
+
+    Rows are drawn *without* replacement, as half-samples (m = N // 2; half-sample
+    replication) rather than with replacement: a duplicated row is its own nearest
+    neighbour in both representations and lowers the number of distinct samples, which
+    pushes kNN, CKA, CCA and Procrustes scores up, so with-replacement percentile intervals
+    can miss the score altogether (see tests/test_alignment.py). For a half-sample the
+    variance around the full-sample value is sigma^2 (1/m - 1/N) = sigma^2 / N, the
+    sampling variance at N; its mean, though, is the metric at N/2 (kNN and CCA levels
+    depend on N). So the interval is the score plus the quantiles of the replicates
+    centred on their own mean, scaled by sqrt(m / (N - m)) (exactly 1 for even N).
+    kNN metrics take each half-sample's neighbours from the full-data ranking (no new
+    N x N product); other metrics recompute their per-representation state.
+    """
+    spec, prepare_params, compare_params, X, Y = _setup(X, Y, metric, params)
+    n_boot = _check_count("n_boot", n_boot)
+    if not (np.isscalar(ci) and 0 < ci < 1):
+        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
+    n = X.shape[0]
+    m = n // 2
+    if m < 2:
+        raise ValueError(f"bootstrap_ci needs N >= 4 samples for half-samples, got N={n}")
+    observed = spec.compare_pair(spec.prepare_one(X, prepare_params),
+                                 spec.prepare_one(Y, prepare_params), compare_params)
+    state_x = spec.subsample_states(X, prepare_params)
+    state_y = spec.subsample_states(Y, prepare_params)
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.sort(rng.permutation(n)[:m])
+        replicates[b] = spec.compare_pair(state_x(idx), state_y(idx), compare_params)
+    deviations = (replicates - replicates.mean()) * np.sqrt(m / (n - m))
+    low, high = observed + np.quantile(deviations, [(1 - ci) / 2, (1 + ci) / 2])
+    return Interval(observed, float(low), float(high))
+
+
+def permutation_pvalue(X, Y, metric: str, n_perm: int = 1000, seed: int = 0,
+                       **params) -> PermutationTest:
+    """One-sided permutation test of "X and Y are aligned beyond chance": the rows of Y are
+    shuffled (correspondence broken) ``n_perm`` times; p = (1 + #{null >= observed}) /
+    (1 + n_perm). The prepared state of Y is permuted rather than recomputed where the metric
+    allows (kNN indices relabelled, Gram matrices re-indexed). Seeded and deterministic."""
+    spec, prepare_params, compare_params, X, Y = _setup(X, Y, metric, params)
+    n_perm = _check_count("n_perm", n_perm)
+    rng = np.random.default_rng(seed)
+    state_x = spec.prepare_one(X, prepare_params)
+    state_y = spec.prepare_one(Y, prepare_params)
+    observed = spec.compare_pair(state_x, state_y, compare_params)
+    null = np.empty(n_perm)
+    for b in range(n_perm):
+        perm = rng.permutation(X.shape[0])
+        shuffled = (spec.permute(state_y, perm) if spec.permute is not None
+                    else spec.prepare_one(Y[perm], prepare_params))
+        null[b] = spec.compare_pair(state_x, shuffled, compare_params)
+    p_value = (1 + int((null >= observed).sum())) / (1 + n_perm)
+    return PermutationTest(observed, p_value, null)

@@ -16,9 +16,11 @@ include: "rules/common.smk"
 include: "rules/datasets.smk"
 include: "rules/models.smk"
 include: "rules/extract.smk"
+include: "rules/alignment.smk"
 
 
 rule all:
     input:
         extract_targets(),
+        alignment_targets(),
     default_target: True

@@ -16,6 +16,7 @@ def base_config(tiny_models):
         "datasets": {"tiny": {"sampler": "scenes", "n": 24, "seed": 1, "image_size": 32},
                      "tiny_train": {"sampler": "scenes", "n": 48, "seed": 2, "image_size": 32}},
         "extract": {"chunk_size": 16, "datasets": ["tiny"]},
+        "alignment": {"metrics": {"mutual_knn": {"topk": 5}, "cka": {}}, "n_boot": 10, "n_perm": 10},
         "zoo": {"cnn": {"dataset": "tiny_train",
                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
                         "train": {"epochs": 2, "batch_size": 16}}},
@@ -50,21 +51,51 @@ def test_run_writes_stores_that_xarray_opens(finished_run, base_config):
     assert planned_jobs(finished_run, base_config) == {}  # nothing to redo
 
 
-def test_adding_a_model_schedules_exactly_its_extraction(finished_run, base_config, tiny_models):
+def test_alignment_tables_and_figures(finished_run, base_config):
+    import pandas as pd
+
+    k = len(base_config["models"])
+    for metric in ("mutual_knn", "cka"):
+        table = pd.read_csv(finished_run / f"results/alignment/tiny/{metric}.csv")
+        assert len(table) == k * (k - 1) // 2 and table["score"].notna().all()
+        assert (table["ci_low"] <= table["score"]).all() and (table["score"] <= table["ci_high"]).all()
+        for suffix in (".png", "_layers.png", "_scale.png"):
+            assert (finished_run / f"results/alignment/tiny/{metric}{suffix}").stat().st_size > 0
+    pairs = table[["model_a", "model_b"]].apply(tuple, axis=1).tolist()
+    assert ("cnn", "llama") in pairs and ("bert", "bert-random") in pairs  # sorted, cross-modal included
+
+
+def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config, tiny_models):
     config = copy.deepcopy(base_config)
     config["models"]["mpnet"] = {"source": f"local:{tiny_models['mpnet']}"}
-    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "all": 1}
+    k = len(base_config["models"])
+    # One extraction, K new pairs per metric, the two aggregates.
+    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "align_pair": 2 * k,
+                                                  "aggregate_alignment": 2, "all": 1}
+
     config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 8, "seed": 2, "image_size": 32}
-    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "all": 1}  # not in extract.datasets
+    assert planned_jobs(finished_run, config)["extract_activations"] == 1  # not in extract.datasets: unused
     config["extract"]["datasets"].append("tiny2")
-    # mpnet on tiny (still pending in this dry run) + all six models on tiny2
-    assert planned_jobs(finished_run, config) == {"sample_dataset": 1, "extract_activations": 7, "all": 1}
+    # mpnet on tiny (still pending in this dry run) + all six models on tiny2, which also gets aligned.
+    jobs = planned_jobs(finished_run, config)
+    assert jobs["sample_dataset"] == 1 and jobs["extract_activations"] == 7
+    assert jobs["align_pair"] == 2 * k + 2 * 15 and jobs["aggregate_alignment"] == 4
 
 
-def test_changing_one_model_reruns_that_model_only(finished_run, base_config):
+def test_changing_one_model_reruns_that_model_and_its_pairs_only(finished_run, base_config):
     config = copy.deepcopy(base_config)
     config["models"]["bert"]["pooling"] = "cls"
-    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "all": 1}
+    k = len(base_config["models"])
+    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "align_pair": 2 * (k - 1),
+                                                  "aggregate_alignment": 2, "all": 1}
+
+
+def test_changing_a_metric_reruns_that_metric_only(finished_run, base_config):
+    config = copy.deepcopy(base_config)
+    config["alignment"]["metrics"]["mutual_knn"]["topk"] = 3
+    k = len(base_config["models"])
+    assert planned_jobs(finished_run, config) == {"align_pair": k * (k - 1) // 2, "aggregate_alignment": 1,
+                                                  "all": 1}
 
 
 def test_bad_config_fails_before_any_job(tmp_path, base_config):

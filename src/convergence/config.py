@@ -72,6 +72,9 @@ def check_config(config: dict) -> dict:
                 "(zoo models learn the scene attributes)"
             )
     for name, spec in config["models"].items():
+        if "__" in name:
+            raise ConfigError(f"config key 'models.{name}': model names must not contain '__' "
+                              "(it separates the two models of a pair in file names)")
         scheme, _, ref = spec["source"].partition(":")
         if scheme == "zoo":
             if ref not in config.get("zoo", {}):
@@ -107,7 +110,41 @@ def check_config(config: dict) -> dict:
                 f"config key 'extract.datasets': unknown dataset '{ds}'. "
                 f"Datasets in this config: {', '.join(sorted(datasets))}"
             )
+    _check_alignment(config)
     return config
+
+
+def _check_alignment(config: dict) -> None:
+    from convergence.pairwise import metric_call
+
+    al = config.get("alignment", {})
+    for ds in al.get("datasets") or []:
+        if ds not in config["datasets"]:
+            raise ConfigError(f"config key 'alignment.datasets': unknown dataset '{ds}'")
+    for label, entry in al.get("metrics", {}).items():
+        try:
+            metric_call(entry, label)
+        except ValueError as e:
+            raise ConfigError(f"config key 'alignment.metrics.{label}': {e}") from None
+    ref = al.get("reference")
+    if ref and ref not in config["models"]:
+        raise ConfigError(f"config key 'alignment.reference': '{ref}' is not a model of this config")
+
+
+def models_on(config: dict, dataset: str) -> list[str]:
+    return [m for m in config["models"] if dataset in datasets_for_model(config, m)]
+
+
+def alignment_datasets(config: dict) -> list[str]:
+    """Datasets to align on: the configured ones, else every dataset with at least two models."""
+    chosen = config.get("alignment", {}).get("datasets") or list(config["datasets"])
+    return [d for d in chosen if len(models_on(config, d)) >= 2]
+
+
+def model_pairs(config: dict, dataset: str) -> list[tuple[str, str]]:
+    """Unordered pairs in sorted order (the metrics are symmetric): K models -> K(K-1)/2 pairs."""
+    models = sorted(models_on(config, dataset))
+    return [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
 
 
 def load_config(path: str | Path) -> dict:

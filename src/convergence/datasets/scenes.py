@@ -2,9 +2,14 @@
 
 Each scene shows 1-3 objects of one shape, colour and size on a plain background; a single object sits
 in one cell of a 3x3 grid. The caption states every attribute (count, size, colour, shape, position,
-background) in one of several phrasings, so a language model reading the caption and a vision model
-seeing the image receive the same content: paired data for cross-modal alignment. The attributes are
-also stored as columns (targets for the in-pipeline vision zoo).
+background), so a language model reading the caption and a vision model seeing the image receive the
+same content: paired data for cross-modal alignment. The attributes are also stored as columns (targets
+for the in-pipeline vision zoo).
+
+Captions vary their wording: several sentence templates and synonyms for every attribute value
+("red" / "crimson" / "scarlet", "small" / "tiny" / "little", ...). Without that, two captions of the same
+scene would share their words, and a bag of random word embeddings (a random-init LM) would find the
+same neighbours as a trained model; with it, matching meaning needs a model that knows the synonyms.
 
 Sample i is drawn from its own generator seeded by (seed, i): the first n samples do not depend on n,
 so sample_ids stay stable when a dataset grows.
@@ -33,7 +38,6 @@ LOW_CONTRAST = {"white": {"white", "yellow"}, "beige": {"white", "yellow"}, "bla
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
 PLURALS = {"cross": "crosses"}
 SIZES = {"small": 0.08, "large": 0.17}  # radius as a fraction of the image side
-COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 ROWS = ["top", "middle", "bottom"]
 COLS = ["left", "center", "right"]
 SUPERSAMPLE = 4  # draw large, then downsample: anti-aliased edges
@@ -52,14 +56,39 @@ def position_name(row: int, col: int) -> str:
 POSITIONS = [position_name(r, c) for r in range(3) for c in range(3)]
 
 
-def _position_phrase(pos: str) -> str:
+# Surface forms of every attribute value; captions draw one at random.
+SHAPE_WORDS = {
+    "circle": [("circle", "circles"), ("disc", "discs"), ("round dot", "round dots")],
+    "square": [("square", "squares"), ("block", "blocks"), ("box", "boxes")],
+    "triangle": [("triangle", "triangles"), ("wedge", "wedges")],
+    "diamond": [("diamond", "diamonds"), ("rhombus", "rhombuses")],
+    "cross": [("cross", "crosses"), ("plus sign", "plus signs")],
+}
+COLOR_WORDS = {
+    "red": ["red", "crimson", "scarlet"], "green": ["green", "emerald"], "blue": ["blue", "azure", "cobalt"],
+    "yellow": ["yellow", "golden", "lemon"], "purple": ["purple", "violet"], "orange": ["orange", "tangerine"],
+    "white": ["white", "ivory"], "black": ["black", "jet-black", "ebony"],
+}
+SIZE_WORDS = {"small": ["small", "tiny", "little"], "large": ["large", "big", "huge"]}
+BACKGROUND_WORDS = {"white": ["white", "snowy"], "black": ["black", "dark"], "gray": ["gray", "grey", "slate"],
+                    "beige": ["beige", "sandy", "tan"]}
+COUNT_WORDS = {1: ["one", "a single"], 2: ["two", "a pair of"], 3: ["three", "a trio of"]}
+
+
+def position_phrases(pos: str) -> list[str]:
     if pos == "center":
-        return "in the center"
+        return ["in the center", "in the middle"]
     if pos in ("left", "right"):
-        return f"on the {pos}"
+        return [f"on the {pos}", f"on the {pos} side", f"at the {pos} edge"]
     if pos in ("top", "bottom"):
-        return f"at the {pos}"
-    return f"in the {pos} corner"
+        return [f"at the {pos}", f"near the {pos} edge"]
+    vertical, horizontal = pos.split()
+    upper_lower = {"top": "upper", "bottom": "lower"}[vertical]
+    return [f"in the {pos} corner", f"in the {upper_lower} {horizontal}", f"at the {pos}"]
+
+
+def _position_phrase(pos: str) -> str:
+    return position_phrases(pos)[0]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -101,18 +130,27 @@ def _centres(rng: np.random.Generator, count: int, r: float, side: float, cell: 
 
 
 def _caption(rng: np.random.Generator, a: dict) -> tuple[str, int]:
+    def pick(options):
+        return options[int(rng.integers(len(options)))]
+
     n = a["count"]
-    noun = a["shape"] if n == 1 else PLURALS.get(a["shape"], a["shape"] + "s")
-    thing = f"{a['size']} {a['color']} {noun}"
-    where = "" if a["position"] == "scattered" else " " + _position_phrase(a["position"])
+    singular, plural = pick(SHAPE_WORDS[a["shape"]])
+    size, color, bg = pick(SIZE_WORDS[a["size"]]), pick(COLOR_WORDS[a["color"]]), pick(BACKGROUND_WORDS[a["background"]])
+    count = "a" if n == 1 else pick(COUNT_WORDS[n])
+    thing = f"{size} {color} {singular if n == 1 else plural}"
+    where = "" if a["position"] == "scattered" else " " + pick(position_phrases(a["position"]))
     templates = [
-        f"{'A' if n == 1 else COUNT_WORDS[n].capitalize()} {thing}{where} on a {a['background']} background.",
-        f"A picture of {'a' if n == 1 else COUNT_WORDS[n]} {thing}{where}, on {a['background']}.",
-        f"There {'is' if n == 1 else 'are'} {COUNT_WORDS[n]} {thing}{where}; the background is {a['background']}.",
-        f"{a['background'].capitalize()} background with {'a' if n == 1 else COUNT_WORDS[n]} {thing}{where}.",
+        f"{count} {thing}{where} on a {bg} background.",
+        f"A picture of {count} {thing}{where}, on {bg}.",
+        f"There {'is' if n == 1 else 'are'} {count} {thing}{where}; the background is {bg}.",
+        f"{bg} background with {count} {thing}{where}.",
+        f"An image showing {count} {thing}{where} against a {bg} backdrop.",
+        f"On a {bg} canvas: {count} {thing}{where}.",
+        f"This scene has {count} {thing}{where}, set on {bg}.",
     ]
     k = int(rng.integers(len(templates)))
-    return templates[k], k
+    text = templates[k]
+    return text[0].upper() + text[1:], k
 
 
 def render_scene(seed: int, index: int, image_size: int = 64) -> dict:

@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from convergence import alignment
+from convergence.aggregate import aggregate, default_reference, model_info
+from convergence.pairwise import align_stores, matrix_of, metric_call, read_pair, write_pair
+from convergence.store import StoreError
+from stores import related, write_store
+
+
+@pytest.fixture()
+def three_stores(tmp_path):
+    a, b, c = related()
+    return {
+        "a": write_store(tmp_path / "a.zarr", a, "a", n_params=10_000, bpb=1.2),
+        "b": write_store(tmp_path / "b.zarr", b, "b", n_params=50_000, bpb=1.0),
+        "c": write_store(tmp_path / "c.zarr", c, "c", init="random", n_params=10_000, bpb=3.0),
+    }, (a, b, c)
+
+
+@pytest.mark.parametrize("metric,params", [("mutual_knn", {"topk": 5}), ("cka", {}), ("svcca", {"cca_dim": 4})])
+def test_align_stores_equals_the_array_math(three_stores, metric, params, tmp_path):
+    paths, (a, b, _) = three_stores
+    r = align_stores(paths["a"], paths["b"], metric, params, n_boot=30, n_perm=30)
+    stored = a.astype(np.float32), b.astype(np.float32)  # stores hold float32
+    np.testing.assert_array_equal(r.matrix, alignment.layer_scores(*stored, metric, **params))
+    i, j, best = alignment.best_pair(r.matrix)
+    assert (r.best_layer_a, r.best_layer_b, r.score) == (i, j, best)
+    assert r.ci_low <= r.score <= r.ci_high
+    assert r.p_value == pytest.approx(1 / 31)  # nothing in the shuffled null reaches a real alignment
+    df, summary = read_pair(write_pair(r, tmp_path / "r.parquet"))
+    np.testing.assert_array_equal(matrix_of(df).values, r.matrix)
+    assert summary["score"] == r.score and summary["params"] == params and summary["model_b"] == "b"
+
+
+def test_unrelated_models_are_not_significant(three_stores):
+    paths, _ = three_stores
+    r = align_stores(paths["a"], paths["c"], "mutual_knn", {"topk": 5}, n_boot=30, n_perm=99)
+    assert r.p_value > 0.01 and r.score < 0.1  # chance is 5/199
+
+
+def test_mismatched_samples_and_bad_metrics_fail_clearly(three_stores, tmp_path):
+    paths, (a, _, _) = three_stores
+    other = write_store(tmp_path / "o.zarr", a, "o", sample_ids=[f"x{i}" for i in range(len(a))])
+    with pytest.raises(StoreError, match="different samples"):
+        align_stores(paths["a"], other, "cka")
+    with pytest.raises(ValueError, match="unknown metric 'mutual_nn'"):
+        metric_call({"metric": "mutual_nn"}, "m")
+    with pytest.raises(ValueError, match=r"unknown parameters \['k'\]"):
+        metric_call({"k": 10}, "mutual_knn")
+    assert metric_call({"metric": "mutual_knn", "topk": 50}, "mknn50") == ("mutual_knn", {"topk": 50})
+    assert metric_call(None, "cka") == ("cka", {})
+
+
+def test_aggregate_writes_table_and_figures(three_stores, tmp_path):
+    paths, _ = three_stores
+    files = [write_pair(align_stores(paths[x], paths[y], "mutual_knn", {"topk": 5}, n_boot=20, n_perm=20),
+                        tmp_path / f"{x}__{y}.parquet") for x, y in [("a", "b"), ("a", "c"), ("b", "c")]]
+    out = {k: tmp_path / f"m{k}" for k in (".csv", ".png", "_layers.png", "_scale.png")}
+    table = aggregate(files, paths, out[".csv"], out[".png"], out["_layers.png"], out["_scale.png"], "mutual_knn", "toy")
+    assert all(p.stat().st_size > 0 for p in out.values())
+    csv = pd.read_csv(out[".csv"])
+    assert len(csv) == 3 and set(csv.columns) >= {"model_a", "model_b", "score", "best_layer_a", "best_layer_b",
+                                                  "ci_low", "ci_high", "p_value", "n_params_a", "bpb_b"}
+    ab = csv[(csv.model_a == "a") & (csv.model_b == "b")].iloc[0]
+    assert ab.score > csv[csv.model_b == "c"].score.max()  # related beats unrelated
+    info = model_info(paths)
+    assert default_reference(info) == "b"  # largest pretrained language model
+    with pytest.raises(ValueError, match="alignment.reference 'zzz'"):
+        aggregate(files, paths, *out.values(), "mutual_knn", "toy", reference="zzz")

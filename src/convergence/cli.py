@@ -24,6 +24,44 @@ def _info(args) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    """CLI parameter values: int, float, bool, none, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _align(args) -> int:
+    from convergence.pairwise import align_stores, metric_call, write_pair
+
+    params = {"topk": args.topk} if args.topk is not None else {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects key=value, got '{item}'")
+        params[key] = _parse_value(value)
+    name, params = metric_call({"metric": args.metric, **params}, args.metric)
+    r = align_stores(args.a, args.b, name, params, normalize=not args.no_normalize,
+                     clip_quantile=args.clip_quantile, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
+    out = args.out or f"{r.model_a}__{r.model_b}.{args.metric}.parquet"
+    write_pair(r, out)
+    print(f"{name}{params} {r.model_a} vs {r.model_b} ({r.n_samples} samples, "
+          f"{len(r.layers_a)}x{len(r.layers_b)} layer pairs)")
+    print(f"best layer pair: {r.model_a} layer {r.best_layer_a}, {r.model_b} layer {r.best_layer_b}: "
+          f"{r.score:.4f}  ({100 * r.ci_level:.0f}% CI {r.ci_low:.4f}..{r.ci_high:.4f}, "
+          f"permutation p = {r.p_value:.3g}, n_perm={args.n_perm})")
+    print(f"layer x layer matrix: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="convergence", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -32,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="offline model name, or 'all'")
     p.add_argument("--resources", default="resources")
     p.set_defaults(func=_fetch)
+
+    p = sub.add_parser("align", help="align two activation stores over every layer pair")
+    p.add_argument("a", help="activation store (.zarr) of model A")
+    p.add_argument("b", help="activation store (.zarr) of model B (same samples)")
+    p.add_argument("--metric", default="mutual_knn", help="a convergence.metrics name (default mutual_knn)")
+    p.add_argument("--topk", type=int, default=None, help="neighbours for kNN metrics (default: the metric's)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="another metric parameter, e.g. --param kernel_metric=rbf (repeatable)")
+    p.add_argument("--no-normalize", action="store_true", help="skip PRH's row L2-normalisation")
+    p.add_argument("--clip-quantile", type=float, default=None, help="PRH outlier clipping, e.g. 0.95")
+    p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--n-perm", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="where to write the layer x layer matrix (parquet)")
+    p.set_defaults(func=_align)
 
     p = sub.add_parser("info", help="check and describe an activation store")
     p.add_argument("store")

@@ -20,7 +20,7 @@ include: "rules/alignment.smk"
 
 
 rule all:
+    default_target: True
     input:
         extract_targets(),
         alignment_targets(),
-    default_target: True

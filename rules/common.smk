@@ -2,11 +2,18 @@
 # never from globbing results/, so adding a model adds exactly that model's jobs.
 import re
 
-from convergence.config import check_config, datasets_for_model
+from convergence.config import (
+    alignment_datasets,
+    check_config,
+    datasets_for_model,
+    model_pairs,
+    models_on,
+)
 
 check_config(config)
 
 RESULTS = config["results"]
+ALIGN = config["alignment"]
 RESOURCES = config["resources_dir"]
 ZOO = f"{RESULTS}/zoo"
 
@@ -20,6 +27,9 @@ wildcard_constraints:
     model=_alternatives(config["models"]),
     offline="[A-Za-z0-9_.-]+",
     zoo=_alternatives(config.get("zoo", {})),
+    metric=_alternatives(ALIGN["metrics"]),
+    a=_alternatives(config["models"]),
+    b=_alternatives(config["models"]),
 
 
 def model_spec(wildcards):
@@ -57,4 +67,27 @@ def extract_targets():
         f"{RESULTS}/activations/{dataset}/{model}.zarr"
         for model in config["models"]
         for dataset in datasets_for_model(config, model)
+    ]
+
+
+def alignment_pair_files(wildcards):
+    return [
+        f"{RESULTS}/alignment/{wildcards.dataset}/{wildcards.metric}/{a}__{b}.parquet"
+        for a, b in model_pairs(config, wildcards.dataset)
+    ]
+
+
+def dataset_stores(wildcards):
+    return [
+        f"{RESULTS}/activations/{wildcards.dataset}/{m}.zarr"
+        for m in models_on(config, wildcards.dataset)
+    ]
+
+
+def alignment_targets():
+    return [
+        f"{RESULTS}/alignment/{dataset}/{metric}{suffix}"
+        for dataset in alignment_datasets(config)
+        for metric in ALIGN["metrics"]
+        for suffix in (".csv", ".png", "_layers.png", "_scale.png")
     ]

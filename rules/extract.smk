@@ -4,19 +4,19 @@ rule extract_activations:
         weights=model_weights,
     output:
         directory(f"{RESULTS}/activations/{{dataset}}/{{model}}.zarr"),
-    params:
-        spec=model_spec,  # only this model's entry: changing another model never reruns this one
-        chunk_size=config["extract"]["chunk_size"],
-        resources_dir=RESOURCES,
-        zoo_dir=ZOO,
+    log:
+        f"{RESULTS}/logs/extract/{{dataset}}/{{model}}.log",
+    conda:
+        "../envs/convergence.yaml"
     threads: lambda wc: 1 if config["models"][wc.model]["modality"] == "vision" else 2
     resources:
         mem_mb=model_mem_mb,
         runtime=120,
         gpu=model_gpus,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/extract/{{dataset}}/{{model}}.log",
+    params:
+        spec=model_spec,  # only this model's entry: changing another model never reruns this one
+        chunk_size=config["extract"]["chunk_size"],
+        resources_dir=RESOURCES,
+        zoo_dir=ZOO,
     script:
         "../scripts/extract_activations.py"

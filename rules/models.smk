@@ -3,13 +3,13 @@ rule fetch_offline_model:
     # GGUF dequantised once into a safetensors folder that every later job loads in a second.
     output:
         directory(f"{RESOURCES}/models/{{offline}}"),
+    log:
+        f"{RESULTS}/logs/models/fetch_{{offline}}.log",
+    conda:
+        "../envs/convergence.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/models/fetch_{{offline}}.log",
     script:
         "../scripts/fetch_offline_model.py"
 
@@ -20,16 +20,16 @@ rule train_vision_model:
         samples=lambda wc: f"{RESULTS}/datasets/{config['zoo'][wc.zoo]['dataset']}/samples.parquet",
     output:
         directory(f"{RESULTS}/zoo/{{zoo}}"),
-    params:
-        entry=lambda wc: config["zoo"][wc.zoo],
+    log:
+        f"{RESULTS}/logs/models/train_{{zoo}}.log",
+    conda:
+        "../envs/convergence.yaml"
     threads: 1  # small models: one thread per job beats two on shared cores
     resources:
         mem_mb=3000,
         runtime=60,
         gpu=lambda wc: int(config["zoo"][wc.zoo]["train"]["device"] == "cuda"),
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/models/train_{{zoo}}.log",
+    params:
+        entry=lambda wc: config["zoo"][wc.zoo],
     script:
         "../scripts/train_vision_model.py"

@@ -69,3 +69,17 @@ def test_aggregate_writes_table_and_figures(three_stores, tmp_path):
     assert default_reference(info) == "b"  # largest pretrained language model
     with pytest.raises(ValueError, match="alignment.reference 'zzz'"):
         aggregate(files, paths, *out.values(), "mutual_knn", "toy", reference="zzz")
+
+
+def test_constant_layers_are_masked_and_reported(three_stores, tmp_path):
+    paths, (a, b, _) = three_stores
+    a = a.copy()
+    a[:, 0] = 1.5  # like a ViT's CLS token at the embedding output: the same for every input
+    p = write_store(tmp_path / "cls.zarr", a, "cls")
+    r = align_stores(p, paths["b"], "mutual_knn", {"topk": 5}, n_boot=10, n_perm=10)
+    assert r.layers_a == [1, 2] and r.excluded_layers_a == [0] and r.matrix.shape == (2, 4)
+    stored = a.astype(np.float32)[:, 1:], b.astype(np.float32)
+    np.testing.assert_array_equal(r.matrix, alignment.layer_scores(*stored, "mutual_knn", topk=5))
+    a[:] = 2.0
+    with pytest.raises(ValueError, match="every layer is constant"):
+        align_stores(write_store(tmp_path / "flat.zarr", a, "flat"), paths["b"], "cka")

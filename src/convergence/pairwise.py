@@ -43,6 +43,8 @@ class PairResult:
     p_value: float
     n_samples: int
     preprocessing: dict
+    excluded_layers_a: list[int] = field(default_factory=list)  # constant across samples: no kernel to compare
+    excluded_layers_b: list[int] = field(default_factory=list)
     uncertainty: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -69,11 +71,24 @@ def metric_call(entry: dict, label: str) -> tuple[str, dict]:
 
 
 def load_layers(path: str | Path):
+    """(dataset, activations [N, L, D], hidden-state indices kept, indices excluded as constant).
+
+    A layer that is identical for every sample (e.g. a ViT's CLS token at the embedding output) has no
+    kernel structure: every similarity ties. It is masked out, reported in the result, never scored."""
     ds = open_activations(path)
     acts = ds["activations"].values.astype(np.float32, copy=False)
     if not np.isfinite(acts).all():
         raise ValueError(f"{path} holds NaN/inf activations; delete it and re-extract (try dtype: float32)")
-    return ds, acts
+    layers = ds["layer"].values.tolist()
+    constant = [k for k in range(acts.shape[1]) if np.all(acts[:, k] == acts[:1, k])]
+    if len(constant) == len(layers):
+        raise ValueError(f"{path}: every layer is constant across samples; nothing to align "
+                         "(is the model's input ignored, e.g. a vision model given no images?)")
+    if constant:
+        print(f"{path}: layers {[layers[k] for k in constant]} are constant across samples and are excluded",
+              flush=True)
+    keep = [k for k in range(acts.shape[1]) if k not in constant]
+    return ds, acts[:, keep], [layers[k] for k in keep], [layers[k] for k in constant]
 
 
 def _prepared_layer(stack: np.ndarray, k: int, normalize: bool, clip_quantile: float | None) -> np.ndarray:
@@ -87,8 +102,8 @@ def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, nor
     """Score every layer pair of two stores of the same samples; CI and p-value for the best pair."""
     t0 = time.perf_counter()
     params = dict(params or {})
-    ds_a, A = load_layers(path_a)
-    ds_b, B = load_layers(path_b)
+    ds_a, A, layers_a, excluded_a = load_layers(path_a)
+    ds_b, B, layers_b, excluded_b = load_layers(path_b)
     name_a, name_b = ds_a.attrs["model"], ds_b.attrs["model"]
     check_same_samples(ds_a, ds_b, (str(path_a), str(path_b)))
     matrix = alignment.layer_scores(A, B, metric, normalize=normalize, clip_quantile=clip_quantile, **params)
@@ -97,14 +112,13 @@ def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, nor
     X, Y = (_prepared_layer(stack, k, normalize, clip_quantile) for stack, k in ((A, i), (B, j)))
     interval = alignment.bootstrap_ci(X, Y, metric, n_boot=n_boot, ci=ci, seed=seed, **params)
     perm = alignment.permutation_pvalue(X, Y, metric, n_perm=n_perm, seed=seed, **params)
-    layers_a = ds_a["layer"].values.tolist()
-    layers_b = ds_b["layer"].values.tolist()
     return PairResult(
         model_a=name_a, model_b=name_b, metric=metric, params=params, matrix=matrix,
         layers_a=layers_a, layers_b=layers_b, best_layer_a=int(layers_a[i]), best_layer_b=int(layers_b[j]),
         score=float(best), ci_low=interval.low, ci_high=interval.high, ci_level=ci, p_value=perm.p_value,
         n_samples=int(A.shape[0]),
         preprocessing={"normalize": normalize, "clip_quantile": clip_quantile},
+        excluded_layers_a=excluded_a, excluded_layers_b=excluded_b,
         uncertainty={"n_boot": n_boot, "bootstrap": "half-sampling without replacement", "n_perm": n_perm,
                      "seed": seed, "null_mean": float(np.mean(perm.null)), "null_max": float(np.max(perm.null)),
                      "p_value_note": "for the selected best layer pair (not corrected for the choice of pair)"},

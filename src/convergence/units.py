@@ -1,0 +1,441 @@
+"""Un-pooled activations ("units" stores) for Rosetta Neurons: one row per position, not per sample.
+
+`extract_units` writes `results/units/{dataset}/{model}.zarr` (DESIGN §2): Zarr v3, readable with
+`xarray.open_zarr`, variable `activations` with dims `(position, layer, neuron)` (float16 by default,
+`units_store_dtype: float32` in the model's config entry for full precision), chunked along `position`
+with whole layers and neurons per chunk. Coordinates:
+
+- `sample_id` (position): the sample the position belongs to (samples in the dataset's order);
+- `unit_pos` (position): the position inside its sample: the word index for text, the cell index
+  `row * grid + col` for images;
+- `layer` (layer): hidden-state indices (0 = embedding output), as in the pooled stores;
+- text only: `word` (the word's string), `char_start`, `char_end` (its span in the sample's text).
+
+Attributes as the pooled stores (model, source, init, seed, modality, kind, n_params, params_sha256,
+dataset, dataset_sha256, packages, ...) plus `positions` ("word" or "cell"), `word_pattern` or `grid`,
+`layers`, `n_positions`, `n_samples`.
+
+Positions are what makes units of different models comparable, so they never depend on the model:
+
+- Language: the WORDS of each text, `WORD_PATTERN = r"\\w+(?:[-']\\w+)*|[^\\w\\s]"` — runs of word
+  characters, joined through inner hyphens and apostrophes ("top-left", "it's" are one word), and every
+  other non-space character on its own ("." "," "(" are words). Every non-special token of the model's
+  fast tokenizer belongs to each word its character span (`offset_mapping`) overlaps; a word's
+  activation is the mean of its tokens' hidden states (per layer). Special tokens (BOS, CLS, SEP,
+  padding: `special_tokens_mask`, or an empty span) and tokens that overlap no word (pure whitespace)
+  are left out. Every language model therefore has exactly the same positions, in the same order, on a
+  dataset. A word that no token covers (its sample exceeds `max_length`, or the tokenizer drops its
+  characters) is an error naming the sample: averaging over nothing would invent a position.
+- Vision: the cells of one common `grid x grid` map. Token models (ViT, DINOv2, CLIP vision) keep their
+  patch tokens (the last `h*w` tokens: CLS and register tokens are dropped), reshaped to the patch grid
+  `[D, h, w]`; CNN stages are feature maps `[C, H, W]` already. Every map is resized to `grid x grid`
+  with `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`, as the Rosetta Neurons
+  reference resizes activation maps (no antialiasing when shrinking). All selected layers must have
+  one width (choose `units_layers` of one width).
+
+Memory is bounded by one window of samples and one Zarr chunk of positions: samples are run in windows
+(sorted by length within a window so batches pad little), positions are buffered and written chunk by
+chunk. The store is written to a temporary sibling and renamed into place (`atomic_path`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from tqdm.auto import tqdm
+
+from convergence.datasets import read_samples
+from convergence.models import LoadedModel, load_model, resolve_layers
+from convergence.utils import atomic_path, package_versions
+
+WORD_PATTERN = r"\w+(?:[-']\w+)*|[^\w\s]"
+_WORD_RE = re.compile(WORD_PATTERN)
+STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
+DEFAULT_STORE_DTYPE = "float16"
+DEFAULT_GRID = 8
+# Rows (positions) per Zarr chunk: about this many bytes of activations, within CHUNK_ROWS_RANGE.
+CHUNK_BYTES = 16 * 2**20
+CHUNK_ROWS_RANGE = (256, 16384)
+POSITION_DIM = "position"
+UNITS_DIMS = (POSITION_DIM, "layer", "neuron")
+
+
+class UnitsError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- words (language positions)
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """The words of `text` as `(word, char_start, char_end)`, by `WORD_PATTERN` (see the module doc)."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
+
+
+def word_token_weights(words: Sequence[tuple[str, int, int]], offsets, special, sample_id: str) -> np.ndarray:
+    """`[n_words, n_tokens]` averaging weights: row w is 1/|tokens of w| on the tokens of word w.
+
+    `offsets [T, 2]`: each token's character span; `special [T]`: 1 for special tokens (padding
+    included). A token belongs to every word its span overlaps. Raises UnitsError naming `sample_id`
+    when a word has no token.
+    """
+    offsets = np.asarray(offsets, np.int64).reshape(-1, 2)
+    special = np.asarray(special, bool).reshape(-1)
+    starts = np.array([w[1] for w in words], np.int64)
+    ends = np.array([w[2] for w in words], np.int64)
+    tok_start, tok_end = offsets[:, 0], offsets[:, 1]
+    live = ~special & (tok_end > tok_start)
+    overlap = (tok_start[None, :] < ends[:, None]) & (starts[:, None] < tok_end[None, :]) & live[None, :]
+    counts = overlap.sum(1)
+    if (counts == 0).any():
+        w = int(np.flatnonzero(counts == 0)[0])
+        raise UnitsError(
+            f"sample '{sample_id}': word {w} ({words[w][0]!r} at characters {words[w][1]}..{words[w][2]}) "
+            f"gets no token ({int((counts == 0).sum())} such words). The text is longer than max_length, or "
+            "the tokenizer drops these characters; raise the model's max_length or shorten the texts."
+        )
+    return overlap / counts[:, None]
+
+
+# ---------------------------------------------------------------- spatial cells (vision positions)
+
+
+def spatial_units(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], grid: int,
+                  patch_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Hidden states -> `[B, grid*grid, len(layers), D]` float32, cell index `row * grid + col`.
+
+    Token layers `[B, T, D]` keep their last `h*w` tokens (`patch_grid = (h, w)`; without it a square
+    grid of the largest `s*s <= T - 1` tokens is assumed), i.e. CLS and register tokens are dropped.
+    CNN layers `[B, C, H, W]` are used as they are. Each map is resized to `grid x grid`, bilinear,
+    `align_corners=False`. Layers of different widths raise a ValueError.
+    """
+    if len(layers) == 0:
+        raise UnitsError("no layers selected")
+    maps = []
+    for i in layers:
+        h = hidden_states[i]
+        if h.ndim == 3:
+            hh, ww = patch_grid if patch_grid is not None else _square_grid(h.shape[1] - 1, i)
+            if h.shape[1] < hh * ww:
+                side = _square_grid(h.shape[1], i, exact=True)  # e.g. a downsampled stage without CLS
+                hh, ww = side
+            fmap = h[:, h.shape[1] - hh * ww:].reshape(h.shape[0], hh, ww, h.shape[2]).permute(0, 3, 1, 2)
+        elif h.ndim == 4:
+            fmap = h
+        else:
+            raise UnitsError(f"layer {i}: expected [B, T, D] tokens or [B, C, H, W] maps, got shape {tuple(h.shape)}")
+        maps.append(fmap.float())
+    widths = {i: m.shape[1] for i, m in zip(layers, maps)}
+    if len(set(widths.values())) > 1:
+        listing = ", ".join(f"{i}: {w}" for i, w in widths.items())
+        raise UnitsError(
+            f"selected layers differ in width ({listing}); a (position, layer, neuron) store needs one width. "
+            "Choose `units_layers` of one width in the model's config entry (CNN stages often widen)."
+        )
+    cells = []
+    for fmap in maps:
+        if tuple(fmap.shape[-2:]) != (grid, grid):
+            fmap = F.interpolate(fmap, size=(grid, grid), mode="bilinear", align_corners=False)
+        cells.append(fmap.flatten(2).transpose(1, 2))  # [B, grid*grid, D], row-major cells
+    return torch.stack(cells, dim=2)
+
+
+def _square_grid(n_tokens: int, layer: int, exact: bool = False) -> tuple[int, int]:
+    side = int(np.sqrt(max(n_tokens, 0)))
+    while (side + 1) ** 2 <= n_tokens:
+        side += 1
+    if side == 0 or (exact and side * side != n_tokens):
+        raise UnitsError(f"layer {layer}: cannot tell the patch grid of {n_tokens} tokens")
+    return side, side
+
+
+def _patch_grid(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[int, int] | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config
+    patch = getattr(config, "patch_size", None)
+    if patch is None:
+        return None
+    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return pixels.shape[-2] // ph, pixels.shape[-1] // pw
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class TextUnits:
+    """Texts -> word positions. Tokenises everything once up front to fail early (truncation, no fast tokenizer)."""
+
+    positions = "word"
+
+    def __init__(self, lm: LoadedModel, texts: list[str], sample_ids: list[str], max_length: int):
+        tok = lm.processor
+        if not getattr(tok, "is_fast", False):
+            raise UnitsError(f"units of {lm.source} need a fast tokenizer (character offsets); "
+                             f"{type(tok).__name__} is not one")
+        self.lm, self.texts, self.ids, self.max_length = lm, texts, sample_ids, max_length
+        self.words = [split_words(t) for t in texts]
+        enc = tok(texts, truncation=False, padding=False, return_offsets_mapping=True,
+                  return_special_tokens_mask=True)
+        self.lengths = np.array([len(x) for x in enc["input_ids"]])
+        for i, sid in enumerate(sample_ids):
+            if not self.words[i]:
+                raise UnitsError(f"sample '{sid}' has no words (empty text): it would have no positions")
+            if self.lengths[i] > max_length:
+                raise UnitsError(
+                    f"sample '{sid}' has {self.lengths[i]} tokens, more than max_length={max_length}: its last "
+                    "words would get no token. Raise the model's max_length or shorten the texts."
+                )
+            word_token_weights(self.words[i], enc["offset_mapping"][i], enc["special_tokens_mask"][i], sid)
+        self.n_positions = np.array([len(w) for w in self.words])
+        # Causal LMs: run the decoder without its LM head (same hidden states, no [B, T, vocab] logits).
+        base = getattr(lm.model, "base_model", None) if lm.kind == "causal_lm" else None
+        self.net = base if isinstance(base, torch.nn.Module) and base is not lm.model else lm.model
+        self._accepted = inspect.signature(self.net.forward).parameters
+
+    def forward(self, idx: np.ndarray, layers: list[int]) -> list[np.ndarray]:
+        """Per sample of `idx`: `[n_words, L, D]` float32."""
+        lm = self.lm
+        enc = lm.processor([self.texts[i] for i in idx], padding=True, truncation=False, return_tensors="pt",
+                           return_offsets_mapping=True, return_special_tokens_mask=True)
+        offsets, special = enc.pop("offset_mapping").numpy(), enc.pop("special_tokens_mask").numpy()
+        inputs = {k: v.to(lm.device) for k, v in enc.items() if k in self._accepted}
+        out = self.net(**inputs, output_hidden_states=True)
+        hidden = torch.stack([out.hidden_states[i] for i in layers], dim=1).float()  # [B, L, T, D]
+        result = []
+        for row, i in enumerate(idx):
+            weights = word_token_weights(self.words[i], offsets[row], special[row], self.ids[i])
+            w = torch.from_numpy(weights).to(hidden)  # [W, T]
+            result.append(torch.einsum("wt,ltd->wld", w, hidden[row]).cpu().numpy())
+        return result
+
+    def coords(self, sample_index: int) -> dict[str, np.ndarray]:
+        words = self.words[sample_index]
+        return {"word": np.array([w[0] for w in words], dtype=object),
+                "char_start": np.array([w[1] for w in words], np.int64),
+                "char_end": np.array([w[2] for w in words], np.int64)}
+
+
+class ImageUnits:
+    """Images -> `grid x grid` cells."""
+
+    positions = "cell"
+
+    def __init__(self, lm: LoadedModel, image_paths: list[str], grid: int):
+        if int(grid) < 1:
+            raise UnitsError(f"grid must be >= 1, got {grid}")
+        self.lm, self.paths, self.grid = lm, image_paths, int(grid)
+        self.lengths = np.zeros(len(image_paths), np.int64)
+        self.n_positions = np.full(len(image_paths), self.grid ** 2)
+
+    def forward(self, idx: np.ndarray, layers: list[int]) -> list[np.ndarray]:
+        from PIL import Image
+
+        images = [Image.open(self.paths[i]).convert("RGB") for i in idx]
+        pixels = self.lm.processor(images=images, return_tensors="pt")["pixel_values"].to(self.lm.device)
+        out = self.lm.model(pixel_values=pixels.to(self.lm.model.dtype), output_hidden_states=True)
+        cells = spatial_units(out.hidden_states, layers, self.grid, _patch_grid(self.lm.model, pixels))
+        return list(cells.cpu().numpy())
+
+    def coords(self, sample_index: int) -> dict[str, np.ndarray]:
+        return {}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def chunk_rows_for(n_layers: int, width: int, itemsize: int) -> int:
+    low, high = CHUNK_ROWS_RANGE
+    return int(min(high, max(low, CHUNK_BYTES // max(1, n_layers * width * itemsize))))
+
+
+class _ChunkedWriter:
+    """Buffers positions and appends them to the store in whole chunks (the last one may be partial)."""
+
+    def __init__(self, path: Path, layers: list[int], attrs: dict, store_dtype, chunk_rows: int | None):
+        self.path, self.layers, self.attrs, self.dtype = path, layers, attrs, np.dtype(store_dtype)
+        self.chunk_rows = chunk_rows
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffered = 0
+        self.written = 0
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        acts = rows["activations"]
+        if self.chunk_rows is None:
+            self.chunk_rows = chunk_rows_for(acts.shape[1], acts.shape[2], self.dtype.itemsize)
+        cast = acts.astype(self.dtype)
+        if not np.isfinite(cast).all():
+            what = "NaN/inf" if not np.isfinite(acts).all() else f"values beyond {self.dtype.name}'s range"
+            raise UnitsError(f"model {self.attrs['model']} produced {what} at sample {rows['sample_id'][0]!r}"
+                             + ("" if self.dtype == np.float32 else "; set units_store_dtype: float32"))
+        self.buffer.append(dict(rows, activations=cast))
+        self.buffered += len(cast)
+        if self.buffered >= self.chunk_rows:
+            self._flush(final=False)
+
+    def close(self) -> None:
+        self._flush(final=True)
+        if self.written == 0:
+            raise UnitsError("no positions to write")
+
+    def _flush(self, final: bool) -> None:
+        if not self.buffer:
+            return
+        joined = {k: np.concatenate([b[k] for b in self.buffer]) for k in self.buffer[0]}
+        take = len(joined["activations"]) if final else (self.buffered // self.chunk_rows) * self.chunk_rows
+        rest = {k: v[take:] for k, v in joined.items()}
+        self.buffer = [rest] if len(rest["activations"]) else []
+        self.buffered = len(rest["activations"])
+        self._write({k: v[:take] for k, v in joined.items()})
+
+    def _write(self, rows: dict[str, np.ndarray]) -> None:
+        coords = {k: (POSITION_DIM, v) for k, v in rows.items() if k != "activations"}
+        coords["layer"] = np.array(self.layers)
+        ds = xr.Dataset({"activations": (UNITS_DIMS, rows["activations"])}, coords=coords)
+        ds.attrs = self.attrs  # every write: an append rewrites the group's attributes
+        with warnings.catch_warnings():  # zarr: consolidated metadata is not part of the v3 spec (xarray reads it)
+            warnings.simplefilter("ignore")
+            if self.written == 0:
+                enc = {name: {"chunks": (self.chunk_rows,) + ds[name].shape[1:]}
+                       for name in ds.variables if ds[name].dims[:1] == (POSITION_DIM,)}
+                ds.to_zarr(self.path, mode="w-", zarr_format=3, consolidated=True, encoding=enc)
+            else:
+                ds.drop_vars("layer").to_zarr(self.path, append_dim=POSITION_DIM, consolidated=True)
+        self.written += len(rows["activations"])
+
+
+def _windows(lengths: np.ndarray, window: int, batch_size: int):
+    n = len(lengths)
+    for start in range(0, n, window):
+        stop = min(n, start + window)
+        order = start + np.argsort(lengths[start:stop], kind="stable")
+        yield start, stop, [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+
+
+def write_units(inputs, sample_ids: list[str], out: Path, layers: list[int], batch_size: int, window: int,
+                store_dtype, attrs: dict, progress: bool = True, chunk_rows: int | None = None) -> None:
+    """Run `inputs` (TextUnits/ImageUnits) window by window and stream its positions into the store at `out`."""
+    writer = _ChunkedWriter(out, layers, attrs, store_dtype, chunk_rows)
+    bar = tqdm(total=len(sample_ids), desc=f"units {attrs['model']}", unit="sample", disable=not progress,
+               mininterval=2)
+    with torch.inference_mode():
+        for start, stop, batches in _windows(inputs.lengths, window, batch_size):
+            per_sample: dict[int, np.ndarray] = {}
+            for idx in batches:
+                for i, acts in zip(idx.tolist(), inputs.forward(idx, layers)):
+                    per_sample[i] = acts
+                bar.update(len(idx))
+            for i in range(start, stop):  # positions in dataset order
+                acts = per_sample.pop(i)
+                n = len(acts)
+                writer.add({"activations": acts,
+                            "sample_id": np.array([sample_ids[i]] * n, dtype=object),
+                            "unit_pos": np.arange(n, dtype=np.int64),
+                            **inputs.coords(i)})
+    writer.close()
+    bar.close()
+
+
+def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *, model_name: str,
+                  dataset_name: str | None = None, resources_dir: str | Path = "resources",
+                  zoo_dir: str | Path = "results/zoo", layers=None, grid: int | None = None,
+                  threads: int | None = None, progress: bool = True, store_dtype: str | None = None,
+                  window: int = 256, chunk_rows: int | None = None) -> Path:
+    """Un-pooled activations of one model on one dataset -> units store at `out_path` (see the module doc).
+
+    `layers`: hidden-state indices or "all" (default: the spec's `units_layers`, else "all").
+    `grid`: cells per side for vision models (default: the spec's `units_grid`, else 8).
+    `store_dtype`: "float16" | "float32" (default: the spec's `units_store_dtype`, else float16).
+    `window`: samples held in memory at once; `chunk_rows`: positions per Zarr chunk (default ~16 MiB).
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    store_dtype = store_dtype or spec.get("units_store_dtype", DEFAULT_STORE_DTYPE)
+    if store_dtype not in STORE_DTYPES:
+        raise UnitsError(f"store_dtype must be one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
+    df, meta = read_samples(samples_path)
+    modality = spec.get("modality", "language")
+    column = "text" if modality == "language" else "image"
+    if column not in df or df[column].isna().any():
+        raise UnitsError(f"{samples_path}: {modality} model '{model_name}' needs one {column} per sample; "
+                         f"choose datasets with {column}s for it")
+    lm = load_model(spec, resources_dir, zoo_dir=zoo_dir)
+    layers = resolve_layers(spec.get("units_layers", "all") if layers is None else layers, lm.n_hidden_states,
+                            where=f"models.{model_name}.units_layers")
+    ids = df["sample_id"].tolist()
+    if modality == "language":
+        inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)))
+        rule = {"positions": "word", "word_pattern": WORD_PATTERN}
+    else:
+        inputs = ImageUnits(lm, df["image"].tolist(), int(grid or spec.get("units_grid", DEFAULT_GRID)))
+        rule = {"positions": "cell", "grid": inputs.grid}
+    attrs = {
+        "model": model_name,
+        "source": spec["source"],
+        "init": spec.get("init", "pretrained"),
+        "seed": int(spec.get("seed", 0)),
+        "modality": modality,
+        "kind": lm.kind,
+        **rule,
+        "layers": [int(x) for x in layers],
+        "n_params": int(lm.n_params),
+        "n_hidden_states": int(lm.n_hidden_states),
+        "dtype": spec.get("dtype", "float32"),
+        "store_dtype": store_dtype,
+        "max_length": int(spec.get("max_length", 128)),
+        "weights_sha256": lm.weights_sha256 or "",
+        "params_sha256": lm.params_sha256,
+        "dataset": dataset_name or meta.get("dataset", ""),
+        "dataset_sha256": meta.get("content_sha256", ""),
+        "n_samples": int(len(df)),
+        "n_positions": int(inputs.n_positions.sum()),
+        "packages": package_versions(),
+    }
+    with atomic_path(out_path) as tmp:
+        write_units(inputs, ids, tmp, layers, batch_size=int(spec.get("batch_size", 32)), window=int(window),
+                    store_dtype=STORE_DTYPES[store_dtype], attrs=attrs, progress=progress, chunk_rows=chunk_rows)
+    return Path(out_path)
+
+
+# ---------------------------------------------------------------- reading
+
+
+REQUIRED_ATTRS = ("model", "modality", "positions", "n_positions", "layers")
+
+
+def open_units(path: str | Path) -> xr.Dataset:
+    """Open a units store lazily and check it is complete (layout, attributes, number of positions)."""
+    path = Path(path)
+    fix = f"delete {path} and rerun snakemake to re-extract it"
+    if not path.exists():
+        raise UnitsError(f"{path} does not exist (run snakemake {path})")
+    try:
+        ds = xr.open_zarr(path)
+    except Exception as e:
+        raise UnitsError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}); {fix}") from e
+    if "activations" not in ds or ds["activations"].dims != UNITS_DIMS:
+        raise UnitsError(f"{path} has no variable activations{UNITS_DIMS}: not a units store; {fix}")
+    missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
+    if missing:
+        raise UnitsError(f"{path} lacks attributes {missing}: not written by convergence.units; {fix}")
+    for name in ("sample_id", "unit_pos"):
+        if name not in ds.coords:
+            raise UnitsError(f"{path} has no {name} coordinate; {fix}")
+    if ds.sizes[POSITION_DIM] != int(ds.attrs["n_positions"]):
+        raise UnitsError(f"{path} holds {ds.sizes[POSITION_DIM]} positions, its attributes say "
+                         f"{ds.attrs['n_positions']}: a partial store; {fix}")
+    return ds
+
+
+def units_array(path: str | Path):
+    """The store's `activations` as a zarr array (numpy slices, `.chunks`): for streamed reads."""
+    import zarr
+
+    return zarr.open_group(str(path), mode="r")["activations"]

@@ -1,0 +1,297 @@
+"""The Rosetta stage on units stores: correlate, match, Rosetta sets, null excess, figures."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from convergence.rosetta import mutual_matches
+from convergence.rosetta.figures import (
+    image_units_figure,
+    match_summary_figure,
+    matches_as_sets,
+    null_excess_figure,
+    text_units_figure,
+)
+from convergence.rosetta.stage import (
+    FlatUnits,
+    correlate_units,
+    layer_rotations,
+    unit_moments,
+    load_correlation,
+    match_units,
+    null_excess_table,
+    read_table,
+    rosetta_sets_from_pairs,
+)
+from convergence.datasets import read_samples
+from convergence.units import UnitsError, extract_units, split_words
+
+torch.set_num_threads(1)
+
+N_SAMPLES, PER_SAMPLE = 60, 8  # 480 positions
+
+
+def write_units_store(path, acts: np.ndarray, model: str, sample_ids=None, unit_pos=None, positions="word",
+                      grid=None, layers=None):
+    """A units store in the layout of convergence.units (position, layer, neuron), written with xarray."""
+    n, n_layers, _ = acts.shape
+    if sample_ids is None:
+        sample_ids = [f"s{i // PER_SAMPLE:03d}" for i in range(n)]
+    if unit_pos is None:
+        unit_pos = [i % PER_SAMPLE for i in range(n)]
+    coords = {"sample_id": ("position", np.array(sample_ids, dtype=object)),
+              "unit_pos": ("position", np.array(unit_pos, np.int64)),
+              "layer": np.arange(n_layers) if layers is None else np.array(layers)}
+    if positions == "word":
+        coords["word"] = ("position", np.array([f"w{p}" for p in unit_pos], dtype=object))
+    ds = xr.Dataset({"activations": (("position", "layer", "neuron"), acts.astype(np.float32))}, coords=coords)
+    ds.attrs = {"model": model, "modality": "language" if positions == "word" else "vision", "positions": positions,
+                "n_positions": n, "n_samples": len(set(sample_ids)), "layers": [int(x) for x in coords["layer"]],
+                "dataset": "synthetic", "init": "pretrained", "source": f"local:{model}"}
+    if grid is not None:
+        ds.attrs["grid"] = grid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True,
+                   encoding={"activations": {"chunks": (128, n_layers, acts.shape[2])}})
+    return path
+
+
+def planted_stores(root, shapes=((2, 16), (3, 12), (2, 10)), shared=6, noise=0.3, seed=0):
+    """Stores whose units are independent noise except `shared` noisy copies of common latents.
+
+    Returns the store paths and, per model, the (layer, neuron) of each latent's copy.
+    """
+    rng = np.random.default_rng(seed)
+    n = N_SAMPLES * PER_SAMPLE
+    latent = rng.standard_normal((n, shared))
+    paths, where = [], []
+    for m, (n_layers, width) in enumerate(shapes):
+        acts = rng.standard_normal((n, n_layers, width))
+        slots = rng.choice(n_layers * width, shared, replace=False)
+        for j, flat in enumerate(slots):
+            layer, neuron = divmod(int(flat), width)
+            acts[:, layer, neuron] = (latent[:, j] + noise * rng.standard_normal(n)) * rng.uniform(0.5, 5) + 10
+        acts = acts * rng.uniform(0.1, 3, width) + rng.uniform(-50, 50, width)  # per-neuron scale and offset
+        name = "abc"[m]
+        paths.append(write_units_store(root / f"{name}.zarr", acts, name))
+        where.append([divmod(int(f), width) for f in slots])
+    return paths, where
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    paths, where = planted_stores(root)
+    corr = {}
+    for i, j in [(0, 1), (0, 2), (2, 1)]:  # (c, b) stored the other way round
+        a, b = "abc"[i], "abc"[j]
+        corr[(a, b)] = correlate_units(paths[i], paths[j], root / f"{a}__{b}.npz", k=5, chunk_size=100)
+    return root, paths, where, corr
+
+
+def test_planted_units_are_the_strong_strict_matches_far_above_the_rotation_null(planted):
+    root, paths, where, corr = planted
+    table_path, summary_path = match_units(corr[("a", "b")], root / "a__b.parquet", k_relaxed=3)
+    table, summary = read_table(table_path), json.loads(summary_path.read_text())
+    planted_pairs = {(la, na, lb, nb) for (la, na), (lb, nb) in zip(where[0], where[1])}
+    strict = table[table["kind"] == "strict"]
+    strong = strict[strict["r"] > 0.8]  # planted copies: r ~ 0.9
+    assert set(zip(strong["layer_a"], strong["neuron_a"], strong["layer_b"], strong["neuron_b"])) == planted_pairs
+    # Exactly the planted matches beat the largest |r| the rotation null produced anywhere...
+    assert summary["strict"]["above_null_max"] == len(planted_pairs) == strict["above_null_max"].sum()
+    assert summary["strict"]["null_max_abs_r"] < 0.8
+    # ...and the null finds no strong match at all (6 vs 0), nor the same mean r.
+    c = load_correlation(corr[("a", "b")])
+    null_strict = mutual_matches(c.null, 1)
+    assert (null_strict.r > 0.8).sum() == 0 and len(null_strict) == summary["strict"]["matches_null"]
+    assert summary["strict"]["mean_r_observed"] > summary["strict"]["mean_r_null"] + 0.15
+    # Relaxed matches contain the strict ones; Hungarian ran (the matrix is small enough to keep).
+    relaxed = table[table["kind"] == "relaxed"]
+    key = ["unit_a", "unit_b"]
+    assert set(map(tuple, strict[key].values)) <= set(map(tuple, relaxed[key].values))
+    assert summary["relaxed"]["matches_observed"] == len(relaxed) >= len(strict)
+    hung = table[table["kind"] == "hungarian"]
+    assert len(hung) == 2 * 3 * 12 and summary["hungarian"]["matches"] == len(hung)  # min(16, 12) per layer pair
+    assert planted_pairs <= set(zip(hung["layer_a"], hung["neuron_a"], hung["layer_b"], hung["neuron_b"]))
+    # Per layer pair statistics add up to the totals.
+    per_pair = pd.DataFrame(summary["layer_pairs"])
+    assert len(per_pair) == 2 * 3 and per_pair["strict"].sum() == summary["strict"]["matches_observed"]
+    assert per_pair["null_strict"].sum() == summary["strict"]["matches_null"]
+    assert summary["model_a"] == "a" and summary["model_b"] == "b" and summary["n_positions"] == 480
+    assert not list(root.glob(".*tmp*"))  # atomic writes leave nothing behind
+
+
+def test_correlation_file_layout_and_streamed_path_equals_dense(planted, tmp_path):
+    root, paths, where, corr = planted
+    dense = load_correlation(corr[("a", "b")])
+    assert dense.dense.shape == (32, 36) and dense.meta["dense"]
+    assert dense.units_a["layer"].tolist() == [0] * 16 + [1] * 16 and dense.units_a["neuron"].tolist()[:3] == [0, 1, 2]
+    assert dense.observed.k == 5 and dense.observed.a_index.shape == (32, 5) and dense.null is not None
+    # Without the dense matrix: pearson_topk over column blocks of B, same partners, no Hungarian.
+    streamed_path = correlate_units(paths[0], paths[1], tmp_path / "s.npz", k=5, chunk_size=77,
+                                    dense_max_entries=0, max_block_bytes=32 * 32 * 5)
+    streamed = load_correlation(streamed_path)
+    assert streamed.dense is None and not streamed.meta["dense"]
+    for side in ("a", "b"):
+        np.testing.assert_array_equal(getattr(streamed.observed, f"{side}_index"),
+                                      getattr(dense.observed, f"{side}_index"))
+        np.testing.assert_allclose(getattr(streamed.observed, f"{side}_r"), getattr(dense.observed, f"{side}_r"),
+                                   atol=1e-5)
+        np.testing.assert_array_equal(getattr(streamed.null, f"{side}_index"), getattr(dense.null, f"{side}_index"))
+    table, summary = match_units(streamed_path, tmp_path / "s.csv")
+    assert "hungarian" not in set(pd.read_csv(table)["kind"])
+    assert "skipped" in json.loads(summary.read_text())["hungarian"]
+    with pytest.raises(ValueError, match="k_relaxed=7 needs top-7"):
+        match_units(streamed_path, tmp_path / "x.parquet", k_relaxed=7)
+    with pytest.raises(ValueError, match="no dense matrix"):
+        match_units(streamed_path, tmp_path / "x.parquet", hungarian=True)
+
+
+def test_rotation_null_view_z_scores_then_rotates_each_layer():
+    rng = np.random.default_rng(2)
+    acts = (rng.standard_normal((301, 3, 4)) * rng.uniform(0.01, 100, (3, 4)) + rng.uniform(-1e3, 1e3, (3, 4)))
+    acts = acts.astype(np.float32)
+    acts[:, 2, 1] = 7.0  # a constant unit stays constant (no division by zero)
+    flat = FlatUnits(acts, layer_slots=[0, 2])
+    np.testing.assert_array_equal(flat[10:20], acts[10:20][:, [0, 2]].reshape(10, 8))
+    mean, std = unit_moments(flat, chunk_size=50)
+    ref = acts[:, [0, 2]].reshape(301, 8).astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(std[std > 0], ref.std(0)[std > 0], rtol=1e-9)
+    assert std[5] == 0  # layer slot 1 (store layer 2), neuron 1
+    q = layer_rotations(2, 4, seed=3)
+    np.testing.assert_allclose(q[0] @ q[0].T, np.eye(4), atol=1e-12)
+    assert not np.allclose(q[0], q[1]) and np.allclose(q, layer_rotations(2, 4, seed=3))
+    z = np.where(std > 0, (ref - mean) / np.where(std > 0, std, 1), 0.0)
+    want = np.concatenate([z[:, :4] @ q[0], z[:, 4:] @ q[1]], axis=1)
+    got = FlatUnits(acts, [0, 2], q, mean, std)[0:301]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_layer_subsets(planted, tmp_path):
+    root, paths, where, corr = planted
+    path = correlate_units(paths[0], paths[1], tmp_path / "l.npz", k=2, layers_b=[2], rotation_null=False)
+    c = load_correlation(path)
+    assert c.units_b["layer"].unique().tolist() == [2] and c.observed.shape == (32, 12) and c.null is None
+    with pytest.raises(UnitsError, match="not \\[7\\]"):
+        correlate_units(paths[0], paths[1], tmp_path / "m.npz", layers_a=[7])
+
+
+def test_rosetta_sets_recover_the_planted_units_across_three_models(planted):
+    root, paths, where, corr = planted
+    table_path, summary_path = rosetta_sets_from_pairs(corr, ["a", "b", "c"], root / "sets.parquet")
+    table, summary = read_table(table_path), json.loads(summary_path.read_text())
+    want = {tuple(x for unit in units for x in unit) for units in zip(*where)}
+    for mode in ("anchor", "cycle"):
+        rows = table[(table["mode"] == mode) & (table["mean_r"] > 0.8)]
+        got = set(zip(rows["a_layer"], rows["a_neuron"], rows["b_layer"], rows["b_neuron"], rows["c_layer"],
+                      rows["c_neuron"]))
+        assert got == want, mode
+    anchor_rows = table[table["mode"] == "anchor"]
+    assert anchor_rows[anchor_rows["mean_r"] > 0.8]["cycle_consistent"].all()
+    assert (table["a_r"] == 1).all() and summary["anchor"] == "a" and summary["sets"]["cycle"] >= 6
+    assert summary["null"]["cycle"]["sets"] < summary["sets"]["cycle"]
+    assert (summary["null"]["anchor"]["max_mean_r"] or 0) < 0.8
+    with pytest.raises(ValueError, match="missing correlations for \\[\\('b', 'c'\\)\\]"):
+        rosetta_sets_from_pairs({k: v for k, v in corr.items() if k != ("c", "b")}, ["a", "b", "c"],
+                                root / "x.parquet")
+    with pytest.raises(ValueError, match="correlates \\('a', 'b'\\), but it was given as the pair \\('b', 'a'\\)"):
+        rosetta_sets_from_pairs({("b", "a"): corr[("a", "b")], ("a", "c"): corr[("a", "c")]}, ["a", "b", "c"],
+                                root / "y.parquet", cycle=False)
+
+
+def test_mismatched_positions_raise(tmp_path):
+    rng = np.random.default_rng(1)
+    acts = rng.standard_normal((40, 1, 4))
+    a = write_units_store(tmp_path / "a.zarr", acts, "a")
+    shifted = write_units_store(tmp_path / "b.zarr", acts, "b", unit_pos=[i % 8 for i in range(1, 41)])
+    fewer = write_units_store(tmp_path / "c.zarr", acts[:32], "c")
+    cells = write_units_store(tmp_path / "d.zarr", acts, "d", positions="cell", grid=2,
+                              unit_pos=[i % 4 for i in range(40)], sample_ids=[f"s{i // 4}" for i in range(40)])
+    with pytest.raises(UnitsError, match=r"different positions \(40 vs 40; first difference at position 0: "
+                                         r"\('s000', 0\) vs \('s000', 1\)\)"):
+        correlate_units(a, shifted, tmp_path / "x.npz")
+    with pytest.raises(UnitsError, match=r"different positions \(40 vs 32; first difference at position 32"):
+        correlate_units(a, fewer, tmp_path / "x.npz")
+    with pytest.raises(UnitsError, match=r"different kinds of positions: words vs grid cells \(2x2\)"):
+        correlate_units(a, cells, tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()
+
+
+def _summary(a, b, strict, mean_r, null=2.0, null_r=0.3):
+    rep = {"matches_observed": strict, "mean_r_observed": mean_r, "matches_null": null, "mean_r_null": null_r,
+           "excess_matches": strict - null, "excess_mean_r": mean_r - null_r, "above_null_max": strict // 2,
+           "null_max_abs_r": 0.5, "null_draws": 1}
+    return {"model_a": a, "model_b": b, "strict": rep, "relaxed": dict(rep, matches_observed=strict * 3)}
+
+
+def test_null_excess_table_sets_trained_pairs_next_to_nulls_and_controls(tmp_path):
+    summaries = [_summary("a", "b", 40, 0.7), _summary("a", "b_rand", 10, 0.4), _summary("a_rand", "b", 12, 0.45),
+                 _summary("a", "c", 20, 0.6), _summary("a_rand", "b_rand", 3, 0.3)]
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(summaries[0]))
+    table = null_excess_table([path] + summaries[1:], {"a": "a_rand", "b": "b_rand", "c": None})
+    assert set(zip(table["model_a"], table["model_b"])) == {("a", "b"), ("a", "c")}  # controls are not rows
+    row = table[(table["model_a"] == "a") & (table["model_b"] == "b") & (table["criterion"] == "strict")].iloc[0]
+    assert row["control_pair"] == "a__b_rand" and row["control_matches"] == 10
+    assert row["excess_over_control"] == 30 and row["excess_mean_r_over_control"] == pytest.approx(0.3)
+    assert row["excess_over_null"] == 38 and row["null_matches"] == 2
+    relaxed = table[(table["model_b"] == "b") & (table["criterion"] == "relaxed")].iloc[0]
+    assert relaxed["matches"] == 120 and relaxed["excess_over_control"] == 90
+    no_control = table[table["model_b"] == "c"].iloc[0]
+    assert pd.isna(no_control["control_pair"]) and np.isnan(no_control["control_matches"])
+    assert null_excess_figure(table, tmp_path / "excess.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- figures on tiny real runs
+
+
+def _units(tiny_models, samples, arch, out, **kw):
+    spec = {"source": f"local:{tiny_models[arch]}", "batch_size": 8}
+    if arch in ("vit", "dinov2", "resnet"):
+        spec["modality"] = "vision"
+    return extract_units(samples, spec, out, model_name=arch, progress=False, **kw)
+
+
+def test_image_figures_for_a_tiny_vision_run(tiny_models, scenes_small, tmp_path):
+    models = ["vit", "dinov2", "resnet"]
+    units = {m: _units(tiny_models, scenes_small[0], m, tmp_path / f"{m}.zarr", grid=4) for m in models}
+    corr = {(a, b): correlate_units(units[a], units[b], tmp_path / f"{a}__{b}.npz", k=3)
+            for a, b in [("vit", "dinov2"), ("vit", "resnet"), ("dinov2", "resnet")]}
+    matches, summary = match_units(corr[("vit", "resnet")], tmp_path / "vit__resnet.parquet", k_relaxed=3)
+    sets, _ = rosetta_sets_from_pairs(corr, models, tmp_path / "sets.parquet", k=3)
+    assert len(read_table(sets)) > 0
+    outputs = [
+        image_units_figure(sets, units, scenes_small[0], tmp_path / "fig" / "sets.png", top_sets=2, top_images=2),
+        image_units_figure(matches_as_sets(matches, "vit", "resnet"), units, scenes_small[0],
+                           tmp_path / "fig" / "pair.png", top_sets=2, top_images=2),
+        match_summary_figure(summary, tmp_path / "fig" / "summary.png"),
+    ]
+    for path in outputs:
+        assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="text figures need language units"):
+        text_units_figure(sets, units, tmp_path / "t.png", tmp_path / "t.md")
+
+
+def test_text_figures_for_a_tiny_language_run(tiny_models, scenes_small, tmp_path):
+    units = {m: _units(tiny_models, scenes_small[0], m, tmp_path / f"{m}.zarr") for m in ("bert", "llama")}
+    corr = correlate_units(units["bert"], units["llama"], tmp_path / "bert__llama.npz", k=5)
+    matches, summary = match_units(corr, tmp_path / "bert__llama.parquet")
+    png, md = text_units_figure(matches_as_sets(matches, "bert", "llama"), units, tmp_path / "fig" / "text.png",
+                                tmp_path / "fig" / "text.md", samples_path=scenes_small[0], top_sets=3, top_words=4)
+    assert png.stat().st_size > 1000
+    text = md.read_text()
+    assert text.count("## ") == 3 and "**" in text and "| bert (L" not in text.split("\n")[0]
+    df, _ = read_samples(scenes_small[0])
+    vocabulary = {w for t in df["text"] for w, _, _ in split_words(t)}
+    bold = text.split("**")[1::2]
+    assert len(bold) == 3 * 4 * 2 and set(bold) <= vocabulary  # every model's top words, highlighted
+    assert match_summary_figure(summary, tmp_path / "fig" / "summary.png").stat().st_size > 1000

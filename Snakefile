@@ -17,6 +17,7 @@ include: "rules/datasets.smk"
 include: "rules/models.smk"
 include: "rules/extract.smk"
 include: "rules/alignment.smk"
+include: "rules/rosetta.smk"
 
 
 rule all:
@@ -24,3 +25,4 @@ rule all:
     input:
         extract_targets(),
         alignment_targets(),
+        rosetta_targets(),

@@ -3,17 +3,26 @@
 import re
 
 from convergence.config import (
+    EXTRACT_KEYS,
+    UNITS_KEYS,
     alignment_datasets,
     check_config,
+    controls_of,
     datasets_for_model,
     model_pairs,
     models_on,
+    rosetta_groups,
+    rosetta_models,
+    rosetta_pairs,
+    rosetta_set_models,
+    spec_for,
 )
 
 check_config(config)
 
 RESULTS = config["results"]
 ALIGN = config["alignment"]
+ROSETTA = config["rosetta"]
 RESOURCES = config["resources_dir"]
 ZOO = f"{RESULTS}/zoo"
 
@@ -30,10 +39,16 @@ wildcard_constraints:
     metric=_alternatives(ALIGN["metrics"]),
     a=_alternatives(config["models"]),
     b=_alternatives(config["models"]),
+    modality="language|vision",
 
 
-def model_spec(wildcards):
-    return config["models"][wildcards.model]
+def extract_spec(wildcards):
+    """What a store depends on (scheduling knobs such as batch_size stay out: they never rerun a job)."""
+    return spec_for(config["models"][wildcards.model], EXTRACT_KEYS)
+
+
+def units_spec(wildcards):
+    return spec_for(config["models"][wildcards.model], UNITS_KEYS)
 
 
 def dataset_spec(wildcards):
@@ -90,4 +105,46 @@ def alignment_targets():
         for dataset in alignment_datasets(config)
         for metric in ALIGN["metrics"]
         for suffix in (".csv", ".png", "_layers.png", "_scale.png")
+    ]
+
+
+def rosetta_set_pairs(dataset, modality):
+    """Every pair of the group's trained models (sets are cycle-checked), in stored (sorted) orientation."""
+    models = sorted(rosetta_set_models(config, dataset, modality))
+    return [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+
+
+def rosetta_set_pair_files(wildcards):
+    return [
+        f"{RESULTS}/rosetta/{wildcards.dataset}/pairs/{a}__{b}.npz"
+        for a, b in rosetta_set_pairs(wildcards.dataset, wildcards.modality)
+    ]
+
+
+def rosetta_set_units(wildcards):
+    return [
+        f"{RESULTS}/units/{wildcards.dataset}/{m}.zarr"
+        for m in rosetta_set_models(config, wildcards.dataset, wildcards.modality)
+    ]
+
+
+def rosetta_figure_inputs(wildcards):
+    d, mod = wildcards.dataset, wildcards.modality
+    pairs = rosetta_pairs(config, d, mod)
+    inputs = {
+        "summaries": [f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.json" for a, b in pairs],
+        "matches": [f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.parquet" for a, b in pairs],
+        "units": [f"{RESULTS}/units/{d}/{m}.zarr" for m in rosetta_models(config, d, mod)],
+        "samples": f"{RESULTS}/datasets/{d}/samples.parquet",
+    }
+    if len(rosetta_set_models(config, d, mod)) >= 3:
+        inputs["sets"] = f"{RESULTS}/rosetta/{d}/{mod}_sets.csv"
+    return inputs
+
+
+def rosetta_targets():
+    return [
+        f"{RESULTS}/rosetta/{d}/{mod}_{suffix}"
+        for d, mod in rosetta_groups(config)
+        for suffix in ("null_excess.csv", "null_excess.png", "layers.png", "pairwise.png", "neurons.png", "neurons.md")
     ]

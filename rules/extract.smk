@@ -14,7 +14,7 @@ rule extract_activations:
         runtime=120,
         gpu=model_gpus,
     params:
-        spec=model_spec,  # only this model's entry: changing another model never reruns this one
+        spec=extract_spec,  # only what this store depends on, of this model only
         chunk_size=config["extract"]["chunk_size"],
         resources_dir=RESOURCES,
         zoo_dir=ZOO,

@@ -1,10 +1,14 @@
 from convergence.extract import extract_to_zarr
+from convergence.config import RUN_KEYS, spec_for
 from convergence.utils import log_to
+
+# How to run (batch size, device) comes from the config directly: not a param, so changing it reruns nothing.
+spec = {**snakemake.params.spec, **spec_for(snakemake.config["models"][snakemake.wildcards.model], RUN_KEYS)}
 
 with log_to(snakemake.log[0]):
     extract_to_zarr(
         snakemake.input.samples,
-        snakemake.params.spec,
+        spec,
         snakemake.output[0],
         model_name=snakemake.wildcards.model,
         dataset_name=snakemake.wildcards.dataset,

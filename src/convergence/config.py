@@ -129,6 +129,15 @@ def _check_alignment(config: dict) -> None:
     ref = al.get("reference")
     if ref and ref not in config["models"]:
         raise ConfigError(f"config key 'alignment.reference': '{ref}' is not a model of this config")
+    ro = config.get("rosetta", {})
+    for key in ("datasets", "models"):
+        known = config["datasets"] if key == "datasets" else config["models"]
+        for name in ro.get(key) or []:
+            if name not in known:
+                raise ConfigError(f"config key 'rosetta.{key}': unknown name '{name}'")
+    for modality, anchor in ro.get("anchor", {}).items():
+        if anchor not in config["models"] or config["models"][anchor]["modality"] != modality:
+            raise ConfigError(f"config key 'rosetta.anchor.{modality}': '{anchor}' is not a {modality} model")
 
 
 def models_on(config: dict, dataset: str) -> list[str]:
@@ -145,6 +154,61 @@ def model_pairs(config: dict, dataset: str) -> list[tuple[str, str]]:
     """Unordered pairs in sorted order (the metrics are symmetric): K models -> K(K-1)/2 pairs."""
     models = sorted(models_on(config, dataset))
     return [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+
+
+# Model-spec keys that change what extraction computes. Params of a rule are part of its outputs' identity
+# (Snakemake reruns on a change), so scheduling knobs (batch_size, device, mem_mb, datasets) and other
+# stages' keys (units_layers) stay out: changing them must not recompute stores.
+IDENTITY_KEYS = ("source", "revision", "gguf_file", "modality", "kind", "init", "seed", "dtype",
+                 "trust_remote_code", "max_length")
+EXTRACT_KEYS = IDENTITY_KEYS + ("pooling", "layers", "store_dtype")
+UNITS_KEYS = IDENTITY_KEYS + ("units_layers",)
+
+
+RUN_KEYS = ("batch_size", "device")
+
+
+def spec_for(spec: dict, keys: tuple[str, ...]) -> dict:
+    """The part of a model spec that a stage's outputs depend on."""
+    return {k: spec[k] for k in keys if k in spec}
+
+
+def controls_of(config: dict) -> dict[str, str | None]:
+    """Each pretrained model -> its random-init control (a model with the same source and init: random)."""
+    models = config["models"]
+    out = {}
+    for name, spec in models.items():
+        if spec.get("init", "pretrained") != "pretrained":
+            continue
+        out[name] = next((m for m, s in sorted(models.items())
+                          if s.get("init") == "random" and s["source"] == spec["source"]), None)
+    return out
+
+
+def rosetta_models(config: dict, dataset: str, modality: str) -> list[str]:
+    chosen = config.get("rosetta", {}).get("models")
+    return sorted(m for m in models_on(config, dataset)
+                  if config["models"][m]["modality"] == modality and (chosen is None or m in chosen))
+
+
+def rosetta_groups(config: dict) -> list[tuple[str, str]]:
+    """(dataset, modality) groups with at least two models: units are only comparable within a modality."""
+    ro = config.get("rosetta", {})
+    if not ro.get("enabled", True):
+        return []
+    datasets = ro.get("datasets") or list(config["datasets"])
+    return [(d, m) for d in datasets for m in ("language", "vision") if len(rosetta_models(config, d, m)) >= 2]
+
+
+def rosetta_pairs(config: dict, dataset: str, modality: str) -> list[tuple[str, str]]:
+    models = rosetta_models(config, dataset, modality)
+    return [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+
+
+def rosetta_set_models(config: dict, dataset: str, modality: str) -> list[str]:
+    """Trained models of a group: Rosetta sets are taken across these (three or more)."""
+    return [m for m in rosetta_models(config, dataset, modality)
+            if config["models"][m].get("init", "pretrained") == "pretrained"]
 
 
 def load_config(path: str | Path) -> dict:

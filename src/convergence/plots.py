@@ -85,7 +85,7 @@ def _pair_score(table: pd.DataFrame, a: str, b: str):
     return None if row.empty else row.iloc[0]
 
 
-def _scatter(ax, xs, rows, info, models, color="C0", label=None, line=False):
+def _scatter(ax, xs, rows, info, models, color="C0", label=None, line=False, annotate=True):
     """Points with CI bars; random-init controls hollow."""
     pts = sorted((x, m, r) for x, m, r in zip(xs, models, rows) if r is not None and np.isfinite(x))
     if line:
@@ -97,7 +97,8 @@ def _scatter(ax, xs, rows, info, models, color="C0", label=None, line=False):
         ax.errorbar([x], [r.score], yerr=[[r.score - r.ci_low], [r.ci_high - r.score]], fmt="o",
                     color=color, mfc="white" if random else color, ms=6, capsize=2,
                     label=label if (label and m == pts[-1][1]) else None)
-        ax.annotate(_label(m, info), (x, r.score), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        if annotate:
+            ax.annotate(_label(m, info), (x, r.score), fontsize=6, xytext=(3, 3), textcoords="offset points")
 
 
 def scale_figure(table: pd.DataFrame, info: pd.DataFrame, path, title: str, reference: str) -> None:
@@ -107,17 +108,18 @@ def scale_figure(table: pd.DataFrame, info: pd.DataFrame, path, title: str, refe
     Bottom, when vision models are present: language-vision alignment vs the LM's size (a line per
     vision model) and vs the vision model's held-out accuracy (a line per LM).
     """
-    lang = [m for m in info.index if info.loc[m, "modality"] == "language"]
-    vision = [m for m in info.index if info.loc[m, "modality"] == "vision"]
+    lang = [m for m in _order(info) if info.loc[m, "modality"] == "language"]  # trained first
+    vision = [m for m in _order(info) if info.loc[m, "modality"] == "vision"]
     cross = bool(lang and vision)
     fig, axes = plt.subplots(2 if cross else 1, 2, figsize=(11, 8.5 if cross else 4.3), squeeze=False)
-    others = [m for m in info.index if m != reference]
+    same = info.loc[reference, "modality"]
+    others = [m for m in info.index if m != reference and info.loc[m, "modality"] == same]
     rows = [_pair_score(table, reference, m) for m in others]
     _scatter(axes[0, 0], [info.loc[m, "n_params"] for m in others], rows, info, others)
     axes[0, 0].set_xscale("log")
     axes[0, 0].set_xlabel("parameters")
     axes[0, 0].set_ylabel(f"alignment to {reference}")
-    axes[0, 0].set_title(f"alignment to {reference} vs size", fontsize=9)
+    axes[0, 0].set_title(f"{same} models: alignment to {reference} vs size", fontsize=9)
     _scatter(axes[0, 1], [info.loc[m, "bpb"] for m in others], rows, info, others)
     axes[0, 1].set_xlabel("bits per byte on the captions (lower = better LM)")
     axes[0, 1].invert_xaxis()
@@ -125,7 +127,8 @@ def scale_figure(table: pd.DataFrame, info: pd.DataFrame, path, title: str, refe
     if cross:
         for k, v in enumerate(vision):
             _scatter(axes[1, 0], [info.loc[m, "n_params"] for m in lang], [_pair_score(table, v, m) for m in lang],
-                     info, lang, color=f"C{k}", label=_label(v, info), line=info.loc[v, "init"] != "random")
+                     info, lang, color=f"C{k}", label=_label(v, info), line=info.loc[v, "init"] != "random",
+                     annotate=k == 0)
         axes[1, 0].set_xscale("log")
         axes[1, 0].set_xlabel("language model parameters")
         axes[1, 0].set_ylabel("language-vision alignment")
@@ -133,7 +136,8 @@ def scale_figure(table: pd.DataFrame, info: pd.DataFrame, path, title: str, refe
         axes[1, 0].legend(fontsize=6)
         for k, m in enumerate(lang):
             _scatter(axes[1, 1], [info.loc[v, "accuracy"] for v in vision], [_pair_score(table, m, v) for v in vision],
-                     info, vision, color=f"C{k}", label=_label(m, info), line=info.loc[m, "init"] != "random")
+                     info, vision, color=f"C{k}", label=_label(m, info), line=info.loc[m, "init"] != "random",
+                     annotate=k == 0)
         axes[1, 1].set_xlabel("vision model held-out attribute accuracy")
         axes[1, 1].set_title("language-vision alignment vs vision performance: one colour per LM", fontsize=9)
         axes[1, 1].legend(fontsize=6)

@@ -1,0 +1,115 @@
+# Rosetta neurons: un-pooled units per model, exact Pearson per model pair of one modality, mutual
+# matches, sets across trained models, null baselines and figures.
+
+
+rule extract_units:
+    input:
+        samples=f"{RESULTS}/datasets/{{dataset}}/samples.parquet",
+        weights=model_weights,
+    output:
+        directory(f"{RESULTS}/units/{{dataset}}/{{model}}.zarr"),
+    params:
+        spec=units_spec,
+        grid=ROSETTA["grid"],
+        store_dtype=ROSETTA["store_dtype"],
+        resources_dir=RESOURCES,
+        zoo_dir=ZOO,
+    threads: lambda wc: 1 if config["models"][wc.model]["modality"] == "vision" else 2
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=120,
+        gpu=model_gpus,
+    conda:
+        "../envs/convergence.yaml"
+    log:
+        f"{RESULTS}/logs/units/{{dataset}}/{{model}}.log",
+    script:
+        "../scripts/extract_units.py"
+
+
+rule correlate_pair:
+    input:
+        a=f"{RESULTS}/units/{{dataset}}/{{a}}.zarr",
+        b=f"{RESULTS}/units/{{dataset}}/{{b}}.zarr",
+    output:
+        f"{RESULTS}/rosetta/{{dataset}}/pairs/{{a}}__{{b}}.npz",
+    params:
+        k=ROSETTA["k"],
+        seed=ROSETTA["seed"],
+        rotation_null=ROSETTA["rotation_null"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/convergence.yaml"
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/correlate_{{a}}__{{b}}.log",
+    script:
+        "../scripts/correlate_pair.py"
+
+
+rule match_pair:
+    input:
+        f"{RESULTS}/rosetta/{{dataset}}/pairs/{{a}}__{{b}}.npz",
+    output:
+        table=f"{RESULTS}/rosetta/{{dataset}}/matches/{{a}}__{{b}}.parquet",
+        summary=f"{RESULTS}/rosetta/{{dataset}}/matches/{{a}}__{{b}}.json",
+    params:
+        k_relaxed=ROSETTA["k_relaxed"],
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/convergence.yaml"
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/match_{{a}}__{{b}}.log",
+    script:
+        "../scripts/match_pair.py"
+
+
+rule rosetta_sets:
+    input:
+        pairs=rosetta_set_pair_files,
+        units=rosetta_set_units,
+    output:
+        table=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_sets.csv",
+        summary=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_sets.json",
+    params:
+        pairs=lambda wc: rosetta_set_pairs(wc.dataset, wc.modality),
+        models=lambda wc: rosetta_set_models(config, wc.dataset, wc.modality),
+        anchor=lambda wc: ROSETTA["anchor"].get(wc.modality),
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    conda:
+        "../envs/convergence.yaml"
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_sets.log",
+    script:
+        "../scripts/rosetta_sets.py"
+
+
+rule rosetta_figures:
+    input:
+        unpack(rosetta_figure_inputs),
+    output:
+        excess=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.csv",
+        excess_png=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.png",
+        layers=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_layers.png",
+        pairwise=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_pairwise.png",
+        neurons=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.png",
+        md=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.md",
+    params:
+        pairs=lambda wc: rosetta_pairs(config, wc.dataset, wc.modality),
+        models=lambda wc: rosetta_models(config, wc.dataset, wc.modality),
+        controls=controls_of(config),
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/convergence.yaml"
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_figures.log",
+    script:
+        "../scripts/rosetta_figures.py"

@@ -408,8 +408,126 @@ def test_knn_blocks_equal_one_full_sort():
     np.fill_diagonal(sims, -np.inf)
     expected = np.argsort(-sims, axis=1, kind="stable")[:, :7]
     assert np.array_equal(knn_indices(X, 7), expected)
-    assert np.array_equal(knn_indices(X, 7, block_bytes=8 * 97 * 5), expected)  # 5-row blocks
+    assert np.array_equal(knn_indices(X, 7, block_bytes=8 * 97 * 5), expected)  # 10-row blocks
     assert np.array_equal(knn_indices(X, 7, block_bytes=1), expected)  # 1-row blocks
+
+
+# knn_indices ranks by float64 similarity (pair_similarities: X[i] * X[j] summed by numpy,
+# ties by index) but computes float32 products and proves per row that float32 decided; rows
+# it cannot prove are re-ranked or recomputed in float64. These tests check that the result
+# is the plain float64 ranking wherever float32 cannot tell, and that the fallback ran.
+
+
+def float64_ranking(X, k):
+    """Reference: every similarity as pair_similarities computes it, full stable sort."""
+    sims = np.stack([(X * X[i]).sum(axis=1) for i in range(len(X))])
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def gemm_ranking(X, k):
+    sims = X @ X.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def knn_with_stats(X, k, **kwargs):
+    stats = {}
+    return knn_indices(X, k, stats=stats, **kwargs), stats
+
+
+def test_pair_similarities_do_not_depend_on_batching():
+    from convergence.metrics.knn import pair_similarities
+
+    X = np.random.default_rng(5).standard_normal((60, 301))  # odd D: rows at mixed alignments
+    rows, cols = np.divmod(np.arange(60 * 60), 60)
+    batched = pair_similarities(X, rows, cols)
+    shifted = np.empty(X.size + 1)[1:].reshape(X.shape)
+    shifted[:] = X  # same values 8 bytes further on
+    single = [pair_similarities(shifted, [i], [j])[0] for i, j in zip(rows[::37], cols[::37])]
+    assert np.array_equal(batched[::37], single)
+    assert np.array_equal(batched[::37], [np.sum(X[i] * X[j]) for i, j in zip(rows[::37], cols[::37])])
+    assert np.array_equal(batched.reshape(60, 60), np.stack([(X * X[i]).sum(axis=1) for i in range(60)]))
+    assert np.array_equal(batched.reshape(60, 60), batched.reshape(60, 60).T)
+
+
+@pytest.mark.parametrize("n, d, k", [(300, 64, 10), (200, 384, 5), (150, 24, 1), (12, 8, 11)])
+def test_knn_float32_path_equals_float64_argsort(n, d, k):
+    X = np.random.default_rng(n + d).standard_normal((n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    nn, stats = knn_with_stats(X, k)
+    assert np.array_equal(nn, gemm_ranking(X, k))
+    assert np.array_equal(nn, float64_ranking(X, k))
+    assert stats["rows"] == n and stats["legacy"] == 0
+    assert stats["certified"] + stats["reranked"] + stats["fallback"] == n
+    assert stats["certified"] > n // 2  # float32 alone decides most rows of generic data
+    assert np.array_equal(knn_indices(X, k, block_bytes=4 * n * 7), nn)  # 7-row blocks
+
+
+def test_knn_near_duplicates_fall_back_to_float64():
+    # Clusters of 6 rows equal up to 1e-10 (and some exactly equal): float32 cannot order a
+    # row's cluster mates, nor tell which of them is 3rd and which 4th.
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((30, 48))
+    X = np.repeat(base, 6, axis=0) + 1e-10 * rng.standard_normal((180, 48))
+    X[::6] = X[1::6]  # exact duplicates: float64 ties, broken by index
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X = X[rng.permutation(len(X))]
+    for k in (3, 5, 8):
+        nn, stats = knn_with_stats(X, k)
+        assert np.array_equal(nn, float64_ranking(X, k))
+        assert stats["certified"] == 0  # no row's order is certain in float32
+        assert stats["fallback"] > 0 if k != 5 else stats["reranked"] == len(X)  # 5 mates
+        assert np.array_equal(knn_indices(X, k, block_bytes=1), nn)
+
+
+def test_knn_exact_ties_are_broken_by_index():
+    # Integer rows: float32 and float64 similarities are exact integers, with many ties.
+    X = np.random.default_rng(2).integers(-2, 3, size=(240, 16)).astype(np.float64)
+    X = X[np.abs(X).sum(axis=1) > 0]
+    for k in (1, 4, 10):
+        nn, stats = knn_with_stats(X, k)
+        assert np.array_equal(nn, gemm_ranking(X, k))
+        assert np.array_equal(nn, float64_ranking(X, k))
+        assert stats["fallback"] > 0 and (k == 1 or stats["reranked"] > 0)
+
+
+def test_knn_rows_at_equal_distances_use_float64_rows():
+    # A star: spoke j is cos(t) e_0 + sin(t) e_j, so every spoke is at exactly cos(t) from
+    # the hub and cos(t)^2 from every other spoke: more tied candidates per row than
+    # narrow_limit, which sends them through float64 products; plus 150 identical rows.
+    spokes = 90
+    theta = 0.7
+    X = np.zeros((1 + spokes + 150, spokes + 2))
+    X[0, 0] = 1.0
+    X[1 : 1 + spokes, 0] = np.cos(theta)
+    X[np.arange(1, 1 + spokes), np.arange(1, 1 + spokes)] = np.sin(theta)
+    X[1 + spokes :] = np.random.default_rng(3).standard_normal(spokes + 2)
+    X[1 + spokes :: 2, -1] += 1e-3  # two groups of 75 identical rows
+    X = X[np.random.default_rng(4).permutation(len(X))]
+    for k in (3, 12):
+        nn, stats = knn_with_stats(X, k)
+        assert np.array_equal(nn, gemm_ranking(X, k))
+        assert np.array_equal(nn, float64_ranking(X, k))
+        assert stats["float64"] > 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e40, 1e-40])
+def test_knn_unnormalised_rows_with_large_norms(scale):
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((250, 40)) * 10.0 ** rng.uniform(-3, 3, size=(250, 1)) * scale
+    nn, stats = knn_with_stats(X, 6)
+    assert np.array_equal(nn, float64_ranking(X, 6))
+    assert np.array_equal(nn, gemm_ranking(X, 6))
+    assert stats["legacy"] == 0 and stats["certified"] > 0
+
+
+def test_knn_indices_of_rows_equal_the_full_ranking():
+    from convergence.metrics.knn import knn_indices_of_rows
+
+    X = np.random.default_rng(7).integers(-1, 2, size=(90, 10)).astype(np.float64)
+    rows = np.array([0, 5, 17, 42, 89])
+    assert np.array_equal(knn_indices_of_rows(X, rows, 4), knn_indices(X, 4)[rows])
 
 
 # ---- invariances ------------------------------------------------------------------------------

@@ -3,35 +3,276 @@
 Neighbours are by inner product on the rows as given (PRH L2-normalises first; that is the
 caller's preprocessing, see ``convergence.alignment.preprocess``), self excluded.
 Each metric is a mean over samples of a per-sample score in [0, 1].
+
+The ranking is the float64 one: row i's neighbours are the other rows j in descending order
+of ``pair_similarities`` (X[i] * X[j] summed in float64 by numpy's pairwise summation: one
+rounding per pair, whatever the blocking or the threads), ties by ascending index, i.e.
+``np.argsort(-sims, axis=1, kind="stable")``. ``knn_indices`` finds it from float32
+similarity blocks (BLAS, half the cost of float64) and proves, row by row, that float32
+decided it: E_i bounds |float32 value - float64 value| for every j (input rounding and any
+summation order in float32, gamma(D + 2) u32, plus the float64 rounding, gamma(D + 1) u64,
+times ||x_i|| max_j ||x_j||, plus underflow terms). Among the k + 1 largest float32 values
+of a row,
+
+* certified (most rows): neighbours more than 2 E_i apart can never swap, so when all
+  k + 1 are, the float32 top k is the float64 top k, in order;
+* re-ranked: the k-th and (k + 1)-th are more than 2 E_i apart, so the members are certain;
+  each run of values closer than that is put in order by its float64 similarities;
+* fallback: the k-th and (k + 1)-th are too close to tell. Every j of the float64 top k (ties
+  included) has a float32 value within 2 E_i of the float32 k-th; those candidates are ranked
+  by their float64 similarities. When a row has very many (near-ties, duplicates), a float64
+  product of that row narrows them first, with its own bound, and rows equal byte for byte
+  are computed once.
+
+So the result is always the float64 ranking; ``stats`` (a dict) counts the rows of each kind.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from ._registry import check_int, check_not_constant, register
 
-# Similarity rows held at once: the [block, N] float64 block is the only N-sized buffer,
+# Similarity rows held at once: the [block, N] float32 block is the only N-sized buffer,
 # so memory is O(N * D + block * N) instead of O(N^2).
 BLOCK_BYTES = 256 * 2**20
+# Gathered row pairs held at once by pair_similarities.
+PAIR_BYTES = 16 * 2**20
+
+_U32, _U64 = 2.0**-24, 2.0**-53  # unit roundoff
+# Smallest normal numbers: a bound on the absolute error of underflow, flushed to zero or not.
+_TINY32, _TINY64 = 2.0**-126, 2.0**-1022
+STAT_KEYS = ("rows", "certified", "reranked", "fallback", "float64", "pairs", "legacy")
 
 
-def knn_indices(X: np.ndarray, topk: int, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
-    """``[N, topk]`` int64: each row's ``topk`` largest inner products with the other rows,
-    in descending order of similarity (self excluded), computed in float64 by row blocks."""
+def _gamma(n: int, u: float) -> float:
+    """Higham's gamma_n: |fl(sum of n products) - exact| <= gamma_n sum |products|, any order."""
+    return n * u / (1.0 - n * u)
+
+
+def pair_similarities(X: np.ndarray, rows, cols) -> np.ndarray:
+    """float64 ``sum(X[i] * X[j])`` for each pair ``(rows[p], cols[p])``: the similarity that
+    defines the neighbour ranking (numpy's pairwise summation over D; the same bits for a
+    pair however the pairs are batched)."""
     X = np.ascontiguousarray(X, dtype=np.float64)
-    n = X.shape[0]
-    block = max(1, min(n, block_bytes // (8 * n)))
-    out = np.empty((n, topk), dtype=np.int64)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        sims = X[start:stop] @ X.T  # numpy uses syrk when the block is all of X
-        rows = np.arange(stop - start)
-        sims[rows, start + rows] = -np.inf  # self is never its own neighbour
-        out[start:stop] = torch.topk(torch.from_numpy(sims), topk, dim=1, sorted=True).indices.numpy()
-        del sims  # free before the next block is allocated: one block alive at a time
+    rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
+    out = np.empty(len(rows))
+    step = max(1, PAIR_BYTES // (16 * X.shape[1]))
+    for a in range(0, len(rows), step):
+        products = X[rows[a : a + step]]
+        np.multiply(products, X[cols[a : a + step]], out=products)
+        np.sum(products, axis=1, out=out[a : a + step])
     return out
+
+
+class _Ranker:
+    """Exact float64 neighbour rankings of the rows of one X from float32 blocks."""
+
+    def __init__(self, X: np.ndarray, block_bytes: int, stats: dict | None):
+        self.X = X = np.ascontiguousarray(X, dtype=np.float64)
+        self.n, d = X.shape
+        self.block_bytes = block_bytes
+        self.stats = stats
+        if stats is not None:
+            for key in STAT_KEYS:
+                stats.setdefault(key, 0)
+        self._groups = None
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X)) * (1 + _gamma(d + 4, _U64))
+        top = float(norms.max())
+        # Non-finite values, norms whose squares may overflow, or D beyond float32's bound:
+        # plain float64 products and torch.topk (ties in arbitrary order).
+        self.legacy = not math.isfinite(top) or top > 2.0**500 or (d + 2) * _U32 > 2.0**-6
+        if self.legacy:
+            return
+        # A power of two (exact) keeps float32 away from overflow and underflow.
+        scale = 1.0 if top == 0 or 2.0**-60 <= top <= 2.0**60 else 2.0 ** -math.frexp(top)[1]
+        if scale == 1.0:
+            self.X32 = X.astype(np.float32)
+        else:
+            self.X32 = np.empty(X.shape, dtype=np.float32)
+            step = max(1, PAIR_BYTES // (8 * d))
+            for a in range(0, self.n, step):
+                self.X32[a : a + step] = X[a : a + step] * scale
+        slack = 1 + 2.0**-20  # covers the rounding of these bounds themselves
+        under32 = _TINY32 * (2 * math.sqrt(d) * scale * top + 2 * d + 2)
+        under64 = _TINY64 * (2 * math.sqrt(d) * top + 2 * d + 2)
+        # float32 value (scaled) vs float64 pair similarity (times scale^2):
+        rel = _gamma(d + 2, _U32) + _gamma(d + 1, _U64)
+        self.bound32 = (rel * (scale * norms) * (scale * top) + under32 + scale**2 * under64)
+        self.bound32 *= slack
+        # a float64 product (any order) vs the float64 pair similarity:
+        self.bound64 = (2 * _gamma(d + 1, _U64) * norms * top + 2 * under64) * slack
+        # Candidates per row above which a float64 product of the row narrows them first.
+        self.narrow_limit = max(64, self.n // 64)
+
+    def count(self, key: str, value: int) -> None:
+        if self.stats is not None:
+            self.stats[key] += int(value)
+
+    def neighbours(self, topk: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """``[len(rows), topk]`` neighbours of ``rows`` (all rows if None)."""
+        n = self.n
+        m = n if rows is None else len(rows)
+        self.count("rows", m)
+        if self.legacy:
+            self.count("legacy", m)
+            return _knn_float64_topk(self.X, topk, self.block_bytes, rows)
+        out = np.empty((m, topk), dtype=np.int64)
+        block = max(1, min(m, self.block_bytes // (4 * n)))
+        buffer = np.empty((block, n), dtype=np.float32)
+        width = min(topk + 1, n - 1)
+        for start in range(0, m, block):
+            stop = min(m, start + block)
+            ids = np.arange(start, stop) if rows is None else rows[start:stop]
+            sims = buffer[: stop - start]
+            if rows is None and stop - start == n:
+                np.matmul(self.X32, self.X32.T, out=sims)  # numpy uses syrk for X @ X.T
+            else:
+                left = self.X32[start:stop] if rows is None else self.X32[ids]
+                np.matmul(left, self.X32.T, out=sims)
+            sims[np.arange(stop - start), ids] = -np.inf  # self is never its own neighbour
+            out[start:stop] = self._rank_block(sims, ids, topk, width)
+        return out
+
+    def _rank_block(self, sims: np.ndarray, ids: np.ndarray, k: int, width: int) -> np.ndarray:
+        values, idx = _largest(sims, width)
+        twice = 2 * self.bound32[ids]
+        apart = (values[:, :-1] - values[:, 1:]) > twice[:, None]  # [b, width - 1]
+        ordered = apart[:, : k - 1].all(axis=1)
+        members = apart[:, k - 1] if width > k else np.ones(len(ids), dtype=bool)
+        out = idx[:, :k].copy()
+        rerank, fallback = ~ordered & members, ~members
+        self.count("certified", np.count_nonzero(ordered & members))
+        self.count("reranked", np.count_nonzero(rerank))
+        self.count("fallback", np.count_nonzero(fallback))
+        if rerank.any():
+            out[rerank] = self._rerank(ids[rerank], idx[rerank, :k], apart[rerank, : k - 1])
+        if fallback.any():
+            local = np.flatnonzero(fallback)
+            threshold = _float32_at_most(values[local, k - 1] - twice[local])
+            step = max(1, PAIR_BYTES // (5 * self.n))  # a few rows' masks at a time
+            for a in range(0, len(local), step):
+                part = local[a : a + step]
+                candidates = sims[part] >= threshold[a : a + step, None]
+                out[part] = self._rank_candidates(ids[part], candidates, k, narrow=True)
+        return out
+
+    def _rerank(self, ids: np.ndarray, idx: np.ndarray, apart: np.ndarray) -> np.ndarray:
+        """Members known: order each run of close float32 values by float64 similarity."""
+        run = np.zeros(idx.shape, dtype=np.int64)
+        run[:, 1:] = np.cumsum(apart, axis=1)
+        close = np.zeros(idx.shape, dtype=bool)
+        close[:, 1:] |= ~apart
+        close[:, :-1] |= ~apart
+        r, p = np.nonzero(close)
+        sims = np.zeros(idx.shape)
+        sims[r, p] = self.pairs(ids[r], idx[r, p])
+        order = np.lexsort((idx, -sims, run), axis=1)
+        return np.take_along_axis(idx, order, axis=1)
+
+    def _rank_candidates(self, ids: np.ndarray, candidates: np.ndarray, k: int,
+                         narrow: bool) -> np.ndarray:
+        """Top k of each row among its candidates ([rows, N] mask, a superset of the float64
+        top k and its ties), by float64 similarity then index."""
+        counts = np.count_nonzero(candidates, axis=1)
+        out = np.empty((len(ids), k), dtype=np.int64)
+        many = counts > self.narrow_limit if narrow else np.zeros(len(ids), dtype=bool)
+        if many.any():
+            out[many] = self._float64_rows(ids[many], k)
+        few = np.flatnonzero(~many)
+        if few.size:
+            r, cols = np.nonzero(candidates[few])
+            sims = self.pairs(ids[few][r], cols, dedupe=not narrow)
+            order = np.lexsort((cols, -sims, r))
+            starts = np.cumsum(counts[few]) - counts[few]
+            out[few] = cols[order][starts[:, None] + np.arange(k)]
+        return out
+
+    def _float64_rows(self, ids: np.ndarray, k: int) -> np.ndarray:
+        """Rows with very many float32 candidates: a float64 product narrows them."""
+        self.count("float64", len(ids))
+        out = np.empty((len(ids), k), dtype=np.int64)
+        # Ties may make every column a candidate: ~64 bytes each (mask, indices, keys).
+        block = max(1, min(len(ids), self.block_bytes // (64 * self.n)))
+        for start in range(0, len(ids), block):
+            chunk = ids[start : start + block]
+            sims = self.X[chunk] @ self.X.T
+            sims[np.arange(len(chunk)), chunk] = -np.inf
+            kth = np.partition(sims, self.n - k, axis=1)[:, self.n - k]
+            threshold = kth - 2 * self.bound64[chunk]
+            out[start : start + block] = self._rank_candidates(
+                chunk, sims >= threshold[:, None], k, narrow=False
+            )
+            del sims
+        return out
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray, dedupe: bool = False) -> np.ndarray:
+        """pair_similarities, each (row, distinct vector) once when ``dedupe``."""
+        if dedupe and len(cols) > self.n:
+            first, group = self.groups()
+            keys, inverse = np.unique(rows * self.n + first[group[cols]], return_inverse=True)
+            self.count("pairs", len(keys))
+            return pair_similarities(self.X, keys // self.n, keys % self.n)[inverse]
+        self.count("pairs", len(rows))
+        return pair_similarities(self.X, rows, cols)
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first row of each group, group of each row) for rows equal byte for byte."""
+        if self._groups is None:
+            rows = self.X.view(np.dtype((np.void, self.X.dtype.itemsize * self.X.shape[1])))
+            _, first, group = np.unique(rows.ravel(), return_index=True, return_inverse=True)
+            self._groups = first, group.ravel()
+        return self._groups
+
+
+def _largest(sims: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values and columns of each row's ``width`` largest entries, descending (in
+    any order among equal values). numpy's argpartition rather than torch.topk: about as
+    fast here, and it leaves BLAS's threads alone instead of contending with torch's."""
+    b, n = sims.shape
+    idx = np.empty((b, width), dtype=np.int64)
+    step = max(1, PAIR_BYTES // (8 * n))  # argpartition's [rows, N] index array
+    for a in range(0, b, step):
+        idx[a : a + step] = np.argpartition(sims[a : a + step], n - width, axis=1)[:, n - width :]
+    values = np.take_along_axis(sims, idx, axis=1)
+    order = np.argsort(-values, axis=1)
+    values = np.take_along_axis(values, order, axis=1).astype(np.float64)
+    return values, np.take_along_axis(idx, order, axis=1)
+
+
+def _float32_at_most(values: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 value (a threshold that loses no candidate)."""
+    rounded = values.astype(np.float32)
+    return np.where(rounded.astype(np.float64) > values,
+                    np.nextafter(rounded, np.float32(-np.inf)), rounded)
+
+
+def _knn_float64_topk(X: np.ndarray, topk: int, block_bytes: int, rows=None) -> np.ndarray:
+    """float64 products and torch.topk (only for non-finite or overflowing inputs)."""
+    n = X.shape[0]
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    block = max(1, min(len(rows), block_bytes // (8 * n)))
+    out = np.empty((len(rows), topk), dtype=np.int64)
+    for start in range(0, len(rows), block):
+        chunk = rows[start : start + block]
+        sims = X[chunk] @ X.T
+        sims[np.arange(len(chunk)), chunk] = -np.inf
+        out[start : start + block] = torch.topk(torch.from_numpy(sims), topk, dim=1).indices.numpy()
+        del sims
+    return out
+
+
+def knn_indices(X: np.ndarray, topk: int, block_bytes: int = BLOCK_BYTES, *,
+                stats: dict | None = None) -> np.ndarray:
+    """``[N, topk]`` int64: each row's ``topk`` largest inner products with the other rows,
+    in descending order of float64 similarity, ties by index (self excluded): exactly
+    ``np.argsort(-sims, axis=1, kind="stable")[:, :topk]`` for the float64 similarities
+    ``pair_similarities``, found from float32 blocks of ``block_bytes`` (see the module
+    docstring). ``stats``, if given, is a dict in which the rows of each kind are counted."""
+    return _Ranker(X, block_bytes, stats).neighbours(topk)
 
 
 def check_topk(topk, n: int) -> int:
@@ -53,7 +294,9 @@ def knn_subsampler(X: np.ndarray, topk: int = 10):
     """``subsampler`` for kNN metrics: ``idx -> neighbours(X[idx], topk)`` without a new
     N x N product. A subsample's k nearest are the first k members of the subsample in each
     row's full-data ranking; a ranking of ~4k + 10 holds k of them unless the subsample is
-    very sparse, and rows that run short are recomputed exactly."""
+    very sparse, and rows that run short are recomputed exactly. (Exact float64 ties are
+    broken by index in X, which is the index order in X[idx] when idx increases, as
+    bootstrap_ci draws it.)"""
     topk = check_topk(topk, X.shape[0])
     wide = knn_indices(X, min(X.shape[0] - 1, 4 * topk + 10))
 
@@ -75,11 +318,10 @@ def knn_subsampler(X: np.ndarray, topk: int = 10):
     return state_of
 
 
-def knn_indices_of_rows(X: np.ndarray, rows: np.ndarray, topk: int) -> np.ndarray:
+def knn_indices_of_rows(X: np.ndarray, rows: np.ndarray, topk: int, *,
+                        stats: dict | None = None) -> np.ndarray:
     """``knn_indices(X, topk)[rows]`` computed for those rows only."""
-    sims = X[rows] @ X.T
-    sims[np.arange(len(rows)), rows] = -np.inf
-    return torch.topk(torch.from_numpy(sims), topk, dim=1, sorted=True).indices.numpy()
+    return _Ranker(X, BLOCK_BYTES, stats).neighbours(topk, np.asarray(rows, dtype=np.intp))
 
 
 def permute_neighbours(nn: np.ndarray, perm: np.ndarray) -> np.ndarray:

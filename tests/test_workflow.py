@@ -17,11 +17,13 @@ def base_config(tiny_models):
                      "tiny_train": {"sampler": "scenes", "n": 48, "seed": 2, "image_size": 32}},
         "extract": {"chunk_size": 16, "datasets": ["tiny"]},
         "alignment": {"metrics": {"mutual_knn": {"topk": 5}, "cka": {}}, "n_boot": 10, "n_perm": 10},
+        "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4},
         "zoo": {"cnn": {"dataset": "tiny_train",
                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
                         "train": {"epochs": 2, "batch_size": 16}}},
         "models": {
             "llama": {"source": f"local:{tiny_models['llama']}", "batch_size": 8},
+            "gemma": {"source": f"local:{tiny_models['gemma3']}"},
             "bert": {"source": f"local:{tiny_models['bert']}"},
             "bert-random": {"source": f"local:{tiny_models['bert']}", "init": "random", "seed": 0},
             "cnn": {"source": "zoo:cnn", "modality": "vision"},
@@ -51,6 +53,28 @@ def test_run_writes_stores_that_xarray_opens(finished_run, base_config):
     assert planned_jobs(finished_run, base_config) == {}  # nothing to redo
 
 
+def test_rosetta_outputs(finished_run, base_config):
+    import json
+
+    import pandas as pd
+
+    root = finished_run / "results/rosetta/tiny"
+    for modality in ("language", "vision"):
+        for suffix in ("null_excess.png", "layers.png", "pairwise.png", "neurons.png", "neurons.md"):
+            assert (root / f"{modality}_{suffix}").stat().st_size > 0
+        excess = pd.read_csv(root / f"{modality}_null_excess.csv")
+        assert {"matches", "null_matches", "excess_over_null"} <= set(excess.columns)
+    sets = pd.read_csv(root / "language_sets.csv")  # three trained language models: llama, gemma, bert
+    assert {"llama_layer", "gemma_neuron", "bert_r"} <= set(sets.columns)
+    assert not (root / "vision_sets.csv").exists()  # one trained vision model: no sets
+    summary = json.loads((root / "matches/bert__bert-random.json").read_text())
+    assert summary["model_a"] == "bert" and "strict" in summary
+    # bert-random is bert's control: the excess table compares trained pairs with it.
+    lang = pd.read_csv(root / "language_null_excess.csv")
+    assert "bert-random" not in set(lang.model_a) | set(lang.model_b)
+    assert lang.loc[(lang.model_a == "bert") & (lang.model_b == "gemma"), "control_pair"].notna().all()
+
+
 def test_alignment_tables_and_figures(finished_run, base_config):
     import pandas as pd
 
@@ -69,9 +93,12 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
     config = copy.deepcopy(base_config)
     config["models"]["mpnet"] = {"source": f"local:{tiny_models['mpnet']}"}
     k = len(base_config["models"])
-    # One extraction, K new pairs per metric, the two aggregates.
-    assert planned_jobs(finished_run, config) == {"extract_activations": 1, "align_pair": 2 * k,
-                                                  "aggregate_alignment": 2, "all": 1}
+    # One extraction, K new pairs per metric, the two aggregates; its units, a correlation and matches with
+    # each of the 4 language models, the language sets and figures.
+    assert planned_jobs(finished_run, config) == {
+        "extract_activations": 1, "align_pair": 2 * k, "aggregate_alignment": 2,
+        "extract_units": 1, "correlate_pair": 4, "match_pair": 4, "rosetta_sets": 1, "rosetta_figures": 1,
+        "all": 1}
 
     config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 8, "seed": 2, "image_size": 32}
     assert planned_jobs(finished_run, config)["extract_activations"] == 1  # not in extract.datasets: unused
@@ -79,15 +106,26 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
     # mpnet on tiny (still pending in this dry run) + all six models on tiny2, which also gets aligned.
     jobs = planned_jobs(finished_run, config)
     assert jobs["sample_dataset"] == 1 and jobs["extract_activations"] == 7
-    assert jobs["align_pair"] == 2 * k + 2 * 15 and jobs["aggregate_alignment"] == 4
+    assert jobs["align_pair"] == 2 * k + 2 * (k + 1) * k // 2 and jobs["aggregate_alignment"] == 4
 
 
 def test_changing_one_model_reruns_that_model_and_its_pairs_only(finished_run, base_config):
     config = copy.deepcopy(base_config)
-    config["models"]["bert"]["pooling"] = "cls"
+    config["models"]["bert"]["pooling"] = "cls"  # pooled stores only: units are un-pooled
     k = len(base_config["models"])
     assert planned_jobs(finished_run, config) == {"extract_activations": 1, "align_pair": 2 * (k - 1),
                                                   "aggregate_alignment": 2, "all": 1}
+    config = copy.deepcopy(base_config)
+    config["models"]["bert"]["units_layers"] = [1, 2]  # units only
+    assert planned_jobs(finished_run, config) == {"extract_units": 1, "correlate_pair": 3, "match_pair": 3,
+                                                  "rosetta_sets": 1, "rosetta_figures": 1, "all": 1}
+
+
+def test_scheduling_knobs_rerun_nothing(finished_run, base_config):
+    config = copy.deepcopy(base_config)
+    config["models"]["bert"]["batch_size"] = 3
+    config["models"]["llama"]["mem_mb"] = 9000
+    assert planned_jobs(finished_run, config) == {}
 
 
 def test_changing_a_metric_reruns_that_metric_only(finished_run, base_config):

@@ -128,6 +128,12 @@ def rosetta_set_units(wildcards):
     ]
 
 
+def group_controls(dataset, modality):
+    """Controls of this group's models only: adding a model elsewhere must not rerun this group."""
+    models = rosetta_models(config, dataset, modality)
+    return {m: c for m, c in controls_of(config).items() if m in models and c in models}
+
+
 def rosetta_figure_inputs(wildcards):
     d, mod = wildcards.dataset, wildcards.modality
     pairs = rosetta_pairs(config, d, mod)

@@ -103,7 +103,7 @@ rule rosetta_figures:
     params:
         pairs=lambda wc: rosetta_pairs(config, wc.dataset, wc.modality),
         models=lambda wc: rosetta_models(config, wc.dataset, wc.modality),
-        controls=controls_of(config),
+        controls=lambda wc: group_controls(wc.dataset, wc.modality),
     resources:
         mem_mb=4000,
         runtime=15,

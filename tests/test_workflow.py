@@ -103,9 +103,9 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
     config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 8, "seed": 2, "image_size": 32}
     assert planned_jobs(finished_run, config)["extract_activations"] == 1  # not in extract.datasets: unused
     config["extract"]["datasets"].append("tiny2")
-    # mpnet on tiny (still pending in this dry run) + all six models on tiny2, which also gets aligned.
+    # mpnet on tiny (still pending in this dry run) + all K + 1 models on tiny2, which also gets aligned.
     jobs = planned_jobs(finished_run, config)
-    assert jobs["sample_dataset"] == 1 and jobs["extract_activations"] == 7
+    assert jobs["sample_dataset"] == 1 and jobs["extract_activations"] == 1 + (k + 1)
     assert jobs["align_pair"] == 2 * k + 2 * (k + 1) * k // 2 and jobs["aggregate_alignment"] == 4
 
 

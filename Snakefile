@@ -18,6 +18,7 @@ include: "rules/models.smk"
 include: "rules/extract.smk"
 include: "rules/alignment.smk"
 include: "rules/rosetta.smk"
+include: "rules/oocr.smk"
 
 
 rule all:
@@ -26,3 +27,4 @@ rule all:
         extract_targets(),
         alignment_targets(),
         rosetta_targets(),
+        oocr_targets(),

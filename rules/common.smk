@@ -4,6 +4,7 @@ import re
 
 from convergence.config import (
     EXTRACT_KEYS,
+    IDENTITY_KEYS,
     UNITS_KEYS,
     alignment_datasets,
     check_config,
@@ -23,6 +24,7 @@ check_config(config)
 RESULTS = config["results"]
 ALIGN = config["alignment"]
 ROSETTA = config["rosetta"]
+OOCR = config["oocr"]
 RESOURCES = config["resources_dir"]
 ZOO = f"{RESULTS}/zoo"
 
@@ -40,6 +42,8 @@ wildcard_constraints:
     a=_alternatives(config["models"]),
     b=_alternatives(config["models"]),
     modality="language|vision",
+    task="|".join(OOCR["tasks"]) or "^$",
+    seed=r"\d+",
 
 
 def extract_spec(wildcards):
@@ -139,8 +143,12 @@ def rosetta_figure_inputs(wildcards):
     pairs = rosetta_pairs(config, d, mod)
     inputs = {
         "summaries": [f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.json" for a, b in pairs],
-        "matches": [f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.parquet" for a, b in pairs],
-        "units": [f"{RESULTS}/units/{d}/{m}.zarr" for m in rosetta_models(config, d, mod)],
+        "matches": [
+            f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.parquet" for a, b in pairs
+        ],
+        "units": [
+            f"{RESULTS}/units/{d}/{m}.zarr" for m in rosetta_models(config, d, mod)
+        ],
         "samples": f"{RESULTS}/datasets/{d}/samples.parquet",
     }
     if len(rosetta_set_models(config, d, mod)) >= 3:
@@ -152,5 +160,45 @@ def rosetta_targets():
     return [
         f"{RESULTS}/rosetta/{d}/{mod}_{suffix}"
         for d, mod in rosetta_groups(config)
-        for suffix in ("null_excess.csv", "null_excess.png", "layers.png", "pairwise.png", "neurons.png", "neurons.md")
+        for suffix in (
+            "null_excess.csv",
+            "null_excess.png",
+            "layers.png",
+            "pairwise.png",
+            "neurons.png",
+            "neurons.md",
+        )
+    ]
+
+
+def oocr_spec(wildcards):
+    return spec_for(config["models"][wildcards.model], IDENTITY_KEYS)
+
+
+def oocr_evaluate_inputs(wildcards):
+    base = f"{RESULTS}/oocr/{wildcards.task}"
+    inputs = {
+        "data": f"{base}/seed{wildcards.seed}/data.json",
+        "weights": model_weights(wildcards),
+    }
+    if wildcards.condition == "finetuned":
+        inputs["adapter"] = f"{base}/{wildcards.model}/seed{wildcards.seed}/adapter"
+    return inputs
+
+
+def oocr_item_files():
+    return [
+        f"{RESULTS}/oocr/{task}/{model}/seed{seed}/{condition}.parquet"
+        for task in OOCR["tasks"]
+        for model in OOCR["models"]
+        for seed in OOCR["seeds"]
+        for condition in ("finetuned", "untuned", "icl")
+    ]
+
+
+def oocr_targets():
+    if not (OOCR["enabled"] and OOCR["models"] and OOCR["tasks"]):
+        return []
+    return [f"{RESULTS}/oocr/summary.csv"] + [
+        f"{RESULTS}/oocr/{task}.png" for task in OOCR["tasks"]
     ]

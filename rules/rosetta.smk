@@ -8,21 +8,21 @@ rule extract_units:
         weights=model_weights,
     output:
         directory(f"{RESULTS}/units/{{dataset}}/{{model}}.zarr"),
+    log:
+        f"{RESULTS}/logs/units/{{dataset}}/{{model}}.log",
+    conda:
+        "../envs/convergence.yaml"
+    threads: lambda wc: 1 if config["models"][wc.model]["modality"] == "vision" else 2
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=120,
+        gpu=model_gpus,
     params:
         spec=units_spec,
         grid=ROSETTA["grid"],
         store_dtype=ROSETTA["store_dtype"],
         resources_dir=RESOURCES,
         zoo_dir=ZOO,
-    threads: lambda wc: 1 if config["models"][wc.model]["modality"] == "vision" else 2
-    resources:
-        mem_mb=model_mem_mb,
-        runtime=120,
-        gpu=model_gpus,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/units/{{dataset}}/{{model}}.log",
     script:
         "../scripts/extract_units.py"
 
@@ -33,18 +33,18 @@ rule correlate_pair:
         b=f"{RESULTS}/units/{{dataset}}/{{b}}.zarr",
     output:
         f"{RESULTS}/rosetta/{{dataset}}/pairs/{{a}}__{{b}}.npz",
-    params:
-        k=ROSETTA["k"],
-        seed=ROSETTA["seed"],
-        rotation_null=ROSETTA["rotation_null"],
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/correlate_{{a}}__{{b}}.log",
+    conda:
+        "../envs/convergence.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/correlate_{{a}}__{{b}}.log",
+    params:
+        k=ROSETTA["k"],
+        seed=ROSETTA["seed"],
+        rotation_null=ROSETTA["rotation_null"],
     script:
         "../scripts/correlate_pair.py"
 
@@ -55,15 +55,15 @@ rule match_pair:
     output:
         table=f"{RESULTS}/rosetta/{{dataset}}/matches/{{a}}__{{b}}.parquet",
         summary=f"{RESULTS}/rosetta/{{dataset}}/matches/{{a}}__{{b}}.json",
-    params:
-        k_relaxed=ROSETTA["k_relaxed"],
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/match_{{a}}__{{b}}.log",
+    conda:
+        "../envs/convergence.yaml"
     resources:
         mem_mb=2000,
         runtime=15,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/match_{{a}}__{{b}}.log",
+    params:
+        k_relaxed=ROSETTA["k_relaxed"],
     script:
         "../scripts/match_pair.py"
 
@@ -75,17 +75,17 @@ rule rosetta_sets:
     output:
         table=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_sets.csv",
         summary=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_sets.json",
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_sets.log",
+    conda:
+        "../envs/convergence.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=15,
     params:
         pairs=lambda wc: rosetta_set_pairs(wc.dataset, wc.modality),
         models=lambda wc: rosetta_set_models(config, wc.dataset, wc.modality),
         anchor=lambda wc: ROSETTA["anchor"].get(wc.modality),
-    resources:
-        mem_mb=3000,
-        runtime=15,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_sets.log",
     script:
         "../scripts/rosetta_sets.py"
 
@@ -100,16 +100,16 @@ rule rosetta_figures:
         pairwise=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_pairwise.png",
         neurons=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.png",
         md=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.md",
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_figures.log",
+    conda:
+        "../envs/convergence.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=15,
     params:
         pairs=lambda wc: rosetta_pairs(config, wc.dataset, wc.modality),
         models=lambda wc: rosetta_models(config, wc.dataset, wc.modality),
         controls=lambda wc: group_controls(wc.dataset, wc.modality),
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    conda:
-        "../envs/convergence.yaml"
-    log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_figures.log",
     script:
         "../scripts/rosetta_figures.py"

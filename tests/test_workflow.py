@@ -18,6 +18,8 @@ def base_config(tiny_models):
         "extract": {"chunk_size": 16, "datasets": ["tiny"]},
         "alignment": {"metrics": {"mutual_knn": {"topk": 5}, "cka": {}}, "n_boot": 10, "n_perm": 10},
         "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4},
+        "oocr": {"tasks": ["coins"], "models": ["llama"], "n_eval_per_type": 2,
+                 "finetune": {"steps": 2, "batch_size": 2}, "icl": {"k": 1, "items_per_type": 1}},
         "zoo": {"cnn": {"dataset": "tiny_train",
                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
                         "train": {"epochs": 2, "batch_size": 16}}},
@@ -73,6 +75,17 @@ def test_rosetta_outputs(finished_run, base_config):
     lang = pd.read_csv(root / "language_null_excess.csv")
     assert "bert-random" not in set(lang.model_a) | set(lang.model_b)
     assert lang.loc[(lang.model_a == "bert") & (lang.model_b == "gemma"), "control_pair"].notna().all()
+
+
+def test_oocr_summary(finished_run):
+    import pandas as pd
+
+    summary = pd.read_csv(finished_run / "results/oocr/summary.csv")
+    assert list(summary.columns) == ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high",
+                                     "chance", "n"]
+    assert set(summary.condition) == {"finetuned", "icl", "untuned"} and set(summary.task) == {"coins"}
+    assert (finished_run / "results/oocr/coins.png").stat().st_size > 0
+    assert (finished_run / "results/oocr/coins/llama/seed0/adapter/adapter_model.safetensors").exists()
 
 
 def test_alignment_tables_and_figures(finished_run, base_config):

@@ -135,6 +135,12 @@ def _check_alignment(config: dict) -> None:
         for name in ro.get(key) or []:
             if name not in known:
                 raise ConfigError(f"config key 'rosetta.{key}': unknown name '{name}'")
+    for name in config.get("oocr", {}).get("models", []):
+        spec = config["models"].get(name)
+        if spec is None:
+            raise ConfigError(f"config key 'oocr.models': unknown model '{name}'")
+        if spec["modality"] != "language" or spec.get("kind", "auto") in ("encoder", "vision"):
+            raise ConfigError(f"config key 'oocr.models': '{name}' must be a causal language model")
     for modality, anchor in ro.get("anchor", {}).items():
         if anchor not in config["models"] or config["models"][anchor]["modality"] != modality:
             raise ConfigError(f"config key 'rosetta.anchor.{modality}': '{anchor}' is not a {modality} model")

@@ -191,7 +191,9 @@ def plot_task(summary: pd.DataFrame, task: str, path: str | Path, title: str | N
         xs = [q + (s - (len(series) - 1) / 2) * width for q, qt in enumerate(question_types) if qt in rows.index]
         present = [qt for qt in question_types if qt in rows.index]
         scores = rows.loc[present, "score"].to_numpy()
-        errors = np.vstack([scores - rows.loc[present, "ci_low"], rows.loc[present, "ci_high"] - scores])
+        # clip: with identical values a bootstrap bound can sit 1e-17 inside the mean
+        errors = np.clip(np.vstack([scores - rows.loc[present, "ci_low"], rows.loc[present, "ci_high"] - scores]),
+                         0, None)
         label = condition if data["model"].nunique() == 1 else f"{model} · {condition}"
         ax.bar(xs, scores, width, yerr=errors, capsize=3, label=label)
     for q, qt in enumerate(question_types):

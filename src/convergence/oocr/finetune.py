@@ -30,6 +30,9 @@ class FinetuneConfig:
     target_modules: str | list[str] = "all-linear"
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # "linear": decay to 0 over `steps` after warm-up. With a constant lr the last batches decide the
+    # model's answer probabilities (coins' biases were not learned); the decay averages over them.
+    lr_schedule: str = "linear"
     max_length: int = 96  # tokens; longer documents lose the start of their prompt
     seed: int = 0
 
@@ -132,7 +135,14 @@ def _train(model, encoded, pad: int, config: FinetuneConfig, progress: bool) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    if config.lr_schedule not in ("constant", "linear"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {config.lr_schedule!r}")
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup)
+        return ramp if config.lr_schedule == "constant" else ramp * max(0.0, 1 - step / config.steps)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     model.train()
     losses: list[float] = []
     bar = tqdm(

@@ -1,0 +1,342 @@
+"""Pipeline stages of the OOCR part: one function per Snakemake rule, each writing its output atomically.
+
+    make_data(task, seed, out_path, **size)                       -> data.json   (oocr_data)
+    run_finetune(data_path, spec, out_dir, steps=..., ...)        -> adapter/    (oocr_finetune)
+    run_evaluate(data_path, spec, out_path, condition=..., ...)   -> items.parquet (oocr_evaluate, oocr_icl)
+    summarize_runs(item_files, out_csv, fig_dir)                  -> summary.csv + {task}.png (oocr_summary)
+
+`DEFAULTS` holds the settings sized for the default pipeline (all five tasks x three conditions with
+SmolLM2-135M on 2 CPU cores in about 15 minutes; see benchmarks/oocr_budget.py for the measurements).
+Small models on a few cores run much faster with one torch thread per job than with two (thread
+hand-offs on busy cores cost more than they save), so run two jobs of one thread each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from convergence.utils import atomic_path, package_versions
+
+from . import CONDITIONS
+from .tasks import QUESTION_TYPES, TASKS, TaskData, generate
+
+DEFAULTS = {
+    # Data: evaluation items per question type (the generators default to 24-32).
+    "n_eval_per_type": 12,
+    # LoRA: rank 8 on every linear layer (about 5% slower per step than rank 4 on attention only),
+    # 150 steps of batch 4 at a peak lr of 4e-3, decaying linearly (with a constant lr the coins'
+    # biases were not learned in-distribution; with the decay they were): ~12 min for the OOCR part.
+    "steps": 150,
+    "batch_size": 4,
+    "lr": 4e-3,
+    "lr_schedule": "linear",
+    "rank": 8,
+    "alpha": 16,
+    "target_modules": "all-linear",
+    "max_length": 96,
+    # In-context baseline: 5 documents per prompt, on the first 8 items of each question type.
+    "icl_k": 5,
+    "icl_items_per_type": 8,
+    # Scoring batch (prompts per forward pass) and free-form answer length (lambdas are short).
+    "eval_batch_size": 16,
+    "max_new_tokens": 16,
+    "threads": 1,
+}
+"""Recommended defaults for every task (measured on SmolLM2-135M, 2 shared CPU cores)."""
+
+SUMMARY_COLUMNS = ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance", "n"]
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch intra-op threads for this process (None: leave torch's default)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_data(task: str, seed: int, out_path: str | Path, **size) -> Path:
+    """Training documents and evaluation items of one run of `task`, as TaskData JSON at `out_path`."""
+    if task not in TASKS:
+        raise ValueError(f"unknown OOCR task {task!r}; known: {', '.join(TASKS)}")
+    data = generate(task, int(seed), **size)
+    with atomic_path(out_path) as tmp:
+        data.save(tmp)
+    return Path(out_path)
+
+
+def load_data(path: str | Path) -> TaskData:
+    return TaskData.load(path)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def _load(model_spec: dict, resources_dir):
+    from convergence.models import load_model
+
+    loaded = load_model(model_spec, resources_dir)
+    if loaded.kind != "causal_lm":
+        raise ValueError(f"OOCR needs a causal language model; {model_spec['source']} is a {loaded.kind} model")
+    return loaded
+
+
+def run_finetune(
+    data_path: str | Path,
+    model_spec: dict,
+    out_dir: str | Path,
+    *,
+    resources_dir: str | Path = "resources",
+    steps: int = DEFAULTS["steps"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    rank: int = DEFAULTS["rank"],
+    alpha: int = DEFAULTS["alpha"],
+    seed: int = 0,
+    threads: int | None = DEFAULTS["threads"],
+    target_modules: str | list[str] = DEFAULTS["target_modules"],
+    max_length: int = DEFAULTS["max_length"],
+    warmup_steps: int = 0,
+    lr_schedule: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """LoRA-fine-tune the model on the run's training documents; `out_dir` (written atomically) holds
+    the adapter (adapter_model.safetensors, adapter_config.json), loss_curve.csv, loss.png,
+    finetune_config.json and provenance.json (model fingerprint, data, wall time).
+
+    `lr_schedule` is passed on to FinetuneConfig when given (None: its default), for a version of
+    `finetune` that has one."""
+    from .finetune import FinetuneConfig, finetune
+
+    set_threads(threads)
+    data = load_data(data_path)
+    loaded = _load(model_spec, resources_dir)
+    config = FinetuneConfig(
+        steps=int(steps),
+        batch_size=int(batch_size),
+        lr=float(lr),
+        rank=int(rank),
+        alpha=int(alpha),
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        max_length=int(max_length),
+        warmup_steps=int(warmup_steps),
+        seed=int(seed),
+        **({} if lr_schedule is None else {"lr_schedule": lr_schedule}),
+    )
+    with atomic_path(out_dir) as tmp:
+        start = time.perf_counter()
+        result = finetune(data.train, loaded.model, loaded.processor, config=config, out_dir=tmp, progress=progress)
+        seconds = time.perf_counter() - start
+        plot_loss(result.losses, tmp / "loss.png", title=f"{data.task} (run {data.seed}) · {model_spec['source']}")
+        provenance = {
+            "task": data.task,
+            "run_seed": data.seed,
+            "data": str(data_path),
+            "n_train_docs": len(data.train),
+            "source": model_spec["source"],
+            "params_sha256": loaded.params_sha256,
+            "weights_sha256": loaded.weights_sha256,
+            "threads": threads,
+            "train_seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / max(1, config.steps), 4),
+            "first_loss": result.losses[0] if result.losses else None,
+            "last_loss": result.losses[-1] if result.losses else None,
+            "packages": package_versions(("convergence", "torch", "transformers", "peft")),
+        }
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
+    print(
+        f"{data.task} run {data.seed}: {config.steps} LoRA steps in {seconds:.0f} s; "
+        f"loss {provenance['first_loss']:.3f} -> {provenance['last_loss']:.3f}"
+    )
+    return Path(out_dir)
+
+
+def plot_loss(losses, path: str | Path, title: str = "", smooth: int = 10) -> Path:
+    """Per-step training loss with a running mean over `smooth` steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    losses = np.asarray(losses, dtype=float)
+    steps = np.arange(1, losses.size + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(steps, losses, color="C0", alpha=0.35, linewidth=1, label="step")
+    if losses.size >= smooth > 1:
+        running = np.convolve(losses, np.ones(smooth) / smooth, mode="valid")
+        ax.plot(steps[smooth - 1 :], running, color="C0", linewidth=2, label=f"mean of {smooth}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def first_per_type(items, n: int | None) -> list:
+    """The first `n` items of each question type (items keep their order; None: all)."""
+    if n is None:
+        return list(items)
+    seen: dict[str, int] = {}
+    kept = []
+    for item in items:
+        seen[item.question_type] = seen.get(item.question_type, 0) + 1
+        if seen[item.question_type] <= n:
+            kept.append(item)
+    return kept
+
+
+def run_evaluate(
+    data_path: str | Path,
+    model_spec: dict,
+    out_path: str | Path,
+    *,
+    condition: str,
+    adapter_dir: str | Path | None = None,
+    icl_k: int = DEFAULTS["icl_k"],
+    icl_seed: int = 0,
+    resources_dir: str | Path = "resources",
+    threads: int | None = DEFAULTS["threads"],
+    batch_size: int = DEFAULTS["eval_batch_size"],
+    items_per_type: int | None = None,
+    model_name: str | None = None,
+    max_new_tokens: int = DEFAULTS["max_new_tokens"],
+) -> Path:
+    """Score one model on one run's evaluation items under `condition`, one row per item, as parquet.
+
+    finetuned: the base model with the LoRA adapter in `adapter_dir`; untuned: the base model;
+    icl: the base model with `icl_k` training documents before each prompt. `items_per_type` keeps
+    the first items of each question type (the in-context baseline is the costly one). `model_name`
+    (default: the source's name) fills the table's model column.
+    """
+    from .evaluate import evaluate_task
+
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; use one of {', '.join(CONDITIONS)}")
+    if (condition == "finetuned") != (adapter_dir is not None):
+        raise ValueError("the finetuned condition needs adapter_dir, and only it takes one")
+    set_threads(threads)
+    data = load_data(data_path)
+    data.eval = first_per_type(data.eval, items_per_type)
+    loaded = _load(model_spec, resources_dir)
+    model = loaded.model
+    if condition == "finetuned":
+        from .finetune import load_adapter
+
+        model = load_adapter(model, adapter_dir)
+    name = model_name or model_spec["source"].split(":", 1)[-1].rstrip("/").split("/")[-1]
+    start = time.perf_counter()
+    results = evaluate_task(
+        model,
+        loaded.processor,
+        data,
+        model_name=name,
+        condition=condition,
+        icl_k=int(icl_k),
+        icl_seed=int(icl_seed),
+        batch_size=int(batch_size),
+        max_new_tokens=int(max_new_tokens),
+    )
+    seconds = time.perf_counter() - start
+    with atomic_path(out_path) as tmp:
+        results.to_parquet(tmp, index=False)
+    means = results.groupby("question_type", sort=False)["score"].mean().round(3).to_dict()
+    print(f"{data.task} run {data.seed} {name} {condition}: {len(results)} items in {seconds:.0f} s; {means}")
+    return Path(out_path)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def read_items(item_files: Iterable[str | Path]) -> pd.DataFrame:
+    frames = [pd.read_parquet(f) for f in item_files]
+    if not frames:
+        raise ValueError("no per-item result files to summarise")
+    results = pd.concat(frames, ignore_index=True)
+    unknown_tasks = set(results["task"]) - set(TASKS)
+    unknown_conditions = set(results["condition"]) - set(CONDITIONS)
+    if unknown_tasks or unknown_conditions:
+        raise ValueError(f"unknown tasks {sorted(unknown_tasks)} or conditions {sorted(unknown_conditions)}")
+    dup = results.duplicated(["task", "run_seed", "item_id", "model", "condition"])
+    if dup.any():
+        first = results[dup].iloc[0]
+        raise ValueError(
+            f"item {first.item_id} of {first.task} run {first.run_seed} ({first.model}, {first.condition}) "
+            "appears in more than one result file"
+        )
+    return results
+
+
+def summarize_runs(
+    item_files: Iterable[str | Path],
+    out_csv: str | Path,
+    fig_dir: str | Path,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per task x question type x model x condition: mean score with a 95% bootstrap CI
+    over items, and over runs (run seeds) when there are several, next to chance; one figure per
+    task, `fig_dir/{task}.png`. Returns the summary table."""
+    from .evaluate import plot_task, summarize
+
+    results = read_items(item_files)
+    summary = summarize(results, value="score", n_boot=n_boot, seed=seed)
+    summary = _ordered(summary)[SUMMARY_COLUMNS]
+    # Bootstrap means of identical values can differ from the mean in the last bit; keep
+    # ci_low <= score <= ci_high exactly (matplotlib refuses negative error bars).
+    summary["ci_low"] = summary[["ci_low", "score"]].min(axis=1)
+    summary["ci_high"] = summary[["ci_high", "score"]].max(axis=1)
+    with atomic_path(out_csv) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.6g")
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for task in dict.fromkeys(summary["task"]):
+        # matplotlib takes the format from the name, so the temporary file keeps the .png suffix
+        final = fig_dir / f"{task}.png"
+        tmp = final.with_name(f".{task}.tmp-{os.getpid()}.png")
+        try:
+            plot_task(summary, task, tmp, title=_title(task, results))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return summary
+
+
+def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
+    task_rank = {t: i for i, t in enumerate(TASKS)}
+    condition_rank = {c: i for i, c in enumerate(CONDITIONS)}
+
+    def qt_rank(row):
+        order = QUESTION_TYPES.get(row["task"], ())
+        return order.index(row["question_type"]) if row["question_type"] in order else len(order)
+
+    key = summary.assign(
+        _t=summary["task"].map(task_rank),
+        _q=summary.apply(qt_rank, axis=1) if len(summary) else [],
+        _c=summary["condition"].map(condition_rank),
+    )
+    return key.sort_values(["_t", "_q", "model", "_c"], kind="stable").drop(columns=["_t", "_q", "_c"]).reset_index(
+        drop=True
+    )
+
+
+def _title(task: str, results: pd.DataFrame) -> str:
+    runs = results.loc[results["task"] == task, "run_seed"].nunique()
+    return f"{task.replace('_', ' ')} ({runs} run{'s' if runs != 1 else ''})"

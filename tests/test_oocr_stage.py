@@ -1,0 +1,222 @@
+"""OOCR pipeline stages on tiny random Llamas loaded through `local:` specs: data -> LoRA fine-tuning
+-> evaluation under the three conditions -> summary table and figures; atomic outputs."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from convergence.oocr.stage import (
+    SUMMARY_COLUMNS,
+    first_per_type,
+    make_data,
+    run_evaluate,
+    run_finetune,
+    summarize_runs,
+)
+from convergence.oocr.tasks import QUESTION_TYPES, TaskData, generate
+
+# peft calls a transformers API deprecated in v5 (is_gradient_checkpointing); not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+TASK = "coins"
+SIZE = dict(flips_per_snippet=10, n_eval_per_type=3)  # 320 documents, 18 items
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def leftovers(folder):
+    """Temporary siblings an atomic write would leave behind."""
+    return [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def llama_spec(tiny_models):
+    return {"source": f"local:{tiny_models['llama']}"}
+
+
+@pytest.fixture(scope="module")
+def char_llama_spec(tiny_models, tmp_path_factory):
+    """The fixture's tiny Llama reading characters, with weights large enough to make confident
+    predictions: options of an item then differ in likelihood, so scores show what training did."""
+    from test_oocr_scoring import char_tokenizer
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    tok = char_tokenizer()
+    config = AutoConfig.from_pretrained(tiny_models["llama"])
+    config.vocab_size, config.initializer_range = len(tok), 0.3
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, None, None
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("char_llama")
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return {"source": f"local:{folder}"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(llama_spec, tmp_path_factory):
+    root = tmp_path_factory.mktemp("oocr")
+    data = {seed: make_data(TASK, seed, root / f"run{seed}" / "data.json", **SIZE) for seed in (0, 1)}
+    adapter = run_finetune(
+        data[0], llama_spec, root / "run0" / "adapter", steps=30, batch_size=4, lr=1e-2, rank=4, alpha=8, threads=1
+    )
+    items = {}
+    for condition in ("finetuned", "untuned", "icl"):
+        items[condition] = run_evaluate(
+            data[0],
+            llama_spec,
+            root / "run0" / f"{condition}.parquet",
+            condition=condition,
+            adapter_dir=adapter if condition == "finetuned" else None,
+            icl_k=2,
+            items_per_type=2 if condition == "icl" else None,
+            model_name="tiny",
+            threads=1,
+        )
+    # a second run (seed), untuned only: the summary pools runs
+    items["untuned_run1"] = run_evaluate(
+        data[1], llama_spec, root / "run1" / "untuned.parquet", condition="untuned", model_name="tiny", threads=1
+    )
+    summary = summarize_runs(list(items.values()), root / "summary.csv", root / "figures", n_boot=200)
+    return {"root": root, "data": data, "adapter": adapter, "items": items, "summary": summary}
+
+
+def test_data_round_trips_and_matches_the_generator(pipeline):
+    path = pipeline["data"][0]
+    assert TaskData.load(path).to_dict() == json.loads(json.dumps(generate(TASK, 0, **SIZE).to_dict()))
+    assert json.loads(path.read_text())["seed"] == 0
+    assert leftovers(path.parent) == []
+
+
+def test_finetune_writes_adapter_loss_curve_and_plot_and_loss_falls(pipeline):
+    adapter = pipeline["adapter"]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "finetune_config.json", "provenance.json"):
+        assert (adapter / name).stat().st_size > 0, name
+    assert (adapter / "loss.png").read_bytes()[:8] == PNG
+    with open(adapter / "loss_curve.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:3]) - 0.3
+    config = json.loads((adapter / "finetune_config.json").read_text())
+    assert (config["steps"], config["batch_size"], config["rank"], config["lr"]) == (30, 4, 4, 1e-2)
+    provenance = json.loads((adapter / "provenance.json").read_text())
+    assert provenance["task"] == TASK and provenance["threads"] == 1
+    assert leftovers(adapter.parent) == []
+
+
+def test_evaluate_writes_one_row_per_item_and_condition(pipeline):
+    data = TaskData.load(pipeline["data"][0])
+    n_types = len(data.question_types())
+    for condition in ("finetuned", "untuned", "icl"):
+        df = pd.read_parquet(pipeline["items"][condition])
+        expected = 2 * n_types if condition == "icl" else len(data.eval)
+        assert len(df) == expected and df["item_id"].is_unique
+        assert set(df["condition"]) == {condition} and set(df["model"]) == {"tiny"}
+        assert set(df["task"]) == {TASK} and set(df["run_seed"]) == {0}
+        assert df["score"].between(0, 1).all()
+    icl = pd.read_parquet(pipeline["items"]["icl"])
+    assert icl.groupby("question_type").size().eq(2).all()
+
+
+def test_summary_has_exact_columns_one_row_per_group_and_figures(pipeline):
+    summary = pipeline["summary"]
+    on_disk = pd.read_csv(pipeline["root"] / "summary.csv")
+    assert list(on_disk.columns) == SUMMARY_COLUMNS
+    assert SUMMARY_COLUMNS == ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance", "n"]
+    assert len(on_disk) == len(summary)
+    keys = ["task", "question_type", "model", "condition"]
+    assert not on_disk.duplicated(keys).any()
+    question_types = list(QUESTION_TYPES[TASK])
+    expected = {(TASK, q, "tiny", c) for q in question_types for c in ("finetuned", "icl", "untuned")}
+    assert set(map(tuple, on_disk[keys].to_numpy())) == expected
+    # rows in task, question-type and condition order
+    assert list(dict.fromkeys(on_disk["question_type"])) == question_types
+    assert list(on_disk["condition"][:3]) == ["finetuned", "icl", "untuned"]
+    assert (on_disk.ci_low <= on_disk.score + 1e-9).all() and (on_disk.score <= on_disk.ci_high + 1e-9).all()
+    n = on_disk.set_index(["question_type", "condition"])["n"]
+    assert n[("fair_or_biased", "untuned")] == 2 * 3  # two runs pooled
+    assert n[("fair_or_biased", "finetuned")] == 3 and n[("fair_or_biased", "icl")] == 2
+    assert (on_disk.chance > 0).all() and (on_disk.chance <= 1).all()
+    figures = pipeline["root"] / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == [f"{TASK}.png"]
+    assert (figures / f"{TASK}.png").read_bytes()[:8] == PNG
+
+
+def test_finetuned_condition_uses_the_adapter(char_llama_spec, tmp_path):
+    data = make_data(TASK, 0, tmp_path / "data.json", **SIZE)
+    adapter = run_finetune(
+        data, char_llama_spec, tmp_path / "adapter", steps=30, batch_size=8, lr=1e-2, rank=8, alpha=16, threads=1,
+        target_modules="all-linear",
+    )
+    scores = {}
+    for condition in ("untuned", "finetuned"):
+        path = run_evaluate(
+            data, char_llama_spec, tmp_path / f"{condition}.parquet", condition=condition,
+            adapter_dir=adapter if condition == "finetuned" else None, threads=1,
+        )
+        scores[condition] = pd.read_parquet(path).set_index("item_id")["score"]
+    assert not np.allclose(scores["untuned"], scores["finetuned"])
+    in_dist = {c: s[s.index.str.contains("in_distribution")].mean() for c, s in scores.items()}
+    assert in_dist["finetuned"] > in_dist["untuned"]
+
+
+def test_first_per_type_keeps_order_and_counts():
+    items = generate("parity", 0, n_train=10, n_eval_per_type=4).eval
+    kept = first_per_type(items, 1)
+    assert [i.question_type for i in kept] == list(QUESTION_TYPES["parity"])
+    assert kept == [i for i in items if i.id.endswith("/0")]
+    assert first_per_type(items, None) == items
+
+
+def test_failed_stages_leave_nothing_behind(llama_spec, pipeline, tmp_path):
+    # data: coins cannot show P(heads) exactly with 7 flips per snippet
+    with pytest.raises(ValueError):
+        make_data(TASK, 0, tmp_path / "data.json", flips_per_snippet=7)
+    assert not (tmp_path / "data.json").exists() and leftovers(tmp_path) == []
+    # fine-tuning: no module of the model matches the LoRA target
+    with pytest.raises(ValueError):
+        run_finetune(pipeline["data"][0], llama_spec, tmp_path / "adapter", steps=2, target_modules=["no_such_layer"])
+    assert not (tmp_path / "adapter").exists() and leftovers(tmp_path) == []
+    # evaluation: an adapter folder that does not exist
+    with pytest.raises(Exception):
+        run_evaluate(
+            pipeline["data"][0], llama_spec, tmp_path / "items.parquet", condition="finetuned",
+            adapter_dir=tmp_path / "missing",
+        )
+    assert not (tmp_path / "items.parquet").exists() and leftovers(tmp_path) == []
+    # summary: a result file from an unknown condition
+    bad = pd.read_parquet(pipeline["items"]["untuned"]).assign(condition="few_shot")
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="few_shot"):
+        summarize_runs([tmp_path / "bad.parquet"], tmp_path / "summary.csv", tmp_path / "figures")
+    assert not (tmp_path / "summary.csv").exists() and not (tmp_path / "figures").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_arguments_are_checked(llama_spec, pipeline, tmp_path):
+    with pytest.raises(ValueError, match="unknown OOCR task"):
+        make_data("dice", 0, tmp_path / "d.json")
+    with pytest.raises(ValueError, match="condition"):
+        run_evaluate(pipeline["data"][0], llama_spec, tmp_path / "x.parquet", condition="zero_shot")
+    with pytest.raises(ValueError, match="adapter_dir"):
+        run_evaluate(pipeline["data"][0], llama_spec, tmp_path / "x.parquet", condition="finetuned")
+    with pytest.raises(ValueError, match="adapter_dir"):
+        run_evaluate(
+            pipeline["data"][0], llama_spec, tmp_path / "x.parquet", condition="untuned",
+            adapter_dir=pipeline["adapter"],
+        )
+    # the same items twice (one result file given twice) is a mistake, not more data
+    twice = [pipeline["items"]["untuned"]] * 2
+    with pytest.raises(ValueError, match="more than one result file"):
+        summarize_runs(twice, tmp_path / "s.csv", tmp_path / "f")
+    assert os.listdir(tmp_path) == []

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from convergence.datasets import read_samples, sample_dataset
-from convergence.extract import _token_lengths, extract_language, plan_batches
+from convergence.extract import TextInputs, extract_windows, plan_batches
 from convergence.models import load_model
 
 
@@ -50,7 +50,8 @@ def main():
         texts, ids = df["text"].tolist(), df["sample_id"].tolist()
         lm = load_model({"source": f"offline:{args.model}"}, args.resources)
         layers = list(range(lm.n_hidden_states))
-        lengths = _token_lengths(lm.processor, texts, 128)
+        inputs = TextInputs(lm, texts, 128)
+        lengths = inputs.lengths
         attrs = {"model": args.model, "dtype": "float32"}
         bare_forward(lm, texts[:32], lengths[:32], args.chunk_size, args.batch_size, 128)  # warm-up
 
@@ -61,8 +62,8 @@ def main():
             bare.append(time.perf_counter() - t)
             out = tmp / f"store{r}.zarr"
             t = time.perf_counter()
-            extract_language(lm, texts, ids, out, layers, "mean", args.batch_size, 128, args.chunk_size,
-                             "float32", attrs, progress=False)
+            extract_windows(inputs, ids, out, layers, "mean", args.batch_size, args.chunk_size, "float32", attrs,
+                            progress=False)
             full.append(time.perf_counter() - t)
             shutil.rmtree(out)
         b, f = statistics.median(bare), statistics.median(full)

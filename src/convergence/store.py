@@ -14,28 +14,37 @@ class StoreError(ValueError):
     pass
 
 
-def open_activations(path: str | Path) -> xr.Dataset:
-    """Open `results/activations/{dataset}/{model}.zarr` lazily and check it is a complete store."""
+def open_checked(path: str | Path, dims: tuple[str, ...], required_attrs, coords, count_attr: str,
+                 writer: str, error=StoreError) -> xr.Dataset:
+    """Open a store lazily; fail, naming the file and the fix, unless it is complete: `activations` with
+    `dims`, the attributes its writer sets, `coords`, and as many rows as its `count_attr` says."""
     path = Path(path)
     fix = f"delete {path} and rerun snakemake to re-extract it"
     if not path.exists():
-        raise StoreError(f"{path} does not exist (run snakemake {path})")
+        raise error(f"{path} does not exist (run snakemake {path})")
     try:
         ds = xr.open_zarr(path)
     except Exception as e:
-        raise StoreError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}); {fix}") from e
-    if "activations" not in ds or ds["activations"].dims != ("sample", "layer", "neuron"):
-        raise StoreError(f"{path} has no variable activations(sample, layer, neuron); {fix}")
-    missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
+        raise error(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}); {fix}") from e
+    if "activations" not in ds or ds["activations"].dims != dims:
+        raise error(f"{path} has no variable activations({', '.join(dims)}); {fix}")
+    missing = [a for a in required_attrs if a not in ds.attrs]
     if missing:
-        raise StoreError(f"{path} lacks attributes {missing}: not written by convergence.extract; {fix}")
-    n_expected = ds.attrs.get("n_samples")
-    if n_expected is not None and ds.sizes["sample"] != n_expected:
-        raise StoreError(f"{path} holds {ds.sizes['sample']} samples, its attributes say {n_expected}: "
-                         f"a partial store; {fix}")
-    if "sample_id" not in ds.coords:
-        raise StoreError(f"{path} has no sample_id coordinate; {fix}")
+        raise error(f"{path} lacks attributes {missing}: not written by {writer}; {fix}")
+    for name in coords:
+        if name not in ds.coords:
+            raise error(f"{path} has no {name} coordinate; {fix}")
+    n_expected = ds.attrs.get(count_attr)
+    if n_expected is not None and ds.sizes[dims[0]] != int(n_expected):
+        raise error(f"{path} holds {ds.sizes[dims[0]]} rows along {dims[0]}, its attributes say {n_expected}: "
+                    f"a partial store; {fix}")
     return ds
+
+
+def open_activations(path: str | Path) -> xr.Dataset:
+    """Open `results/activations/{dataset}/{model}.zarr` lazily and check it is a complete store."""
+    return open_checked(path, ("sample", "layer", "neuron"), REQUIRED_ATTRS, ("sample_id",), "n_samples",
+                        "convergence.extract")
 
 
 def check_same_samples(a: xr.Dataset, b: xr.Dataset, names=("a", "b")) -> None:

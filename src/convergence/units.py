@@ -54,6 +54,8 @@ from tqdm.auto import tqdm
 
 from convergence.datasets import read_samples
 from convergence.models import LoadedModel, load_model, resolve_layers
+from convergence.extract import plan_batches
+from convergence.store import open_checked
 from convergence.utils import atomic_path, package_versions
 
 WORD_PATTERN = r"\w+(?:[-']\w+)*|[^\w\s]"
@@ -311,14 +313,6 @@ class _ChunkedWriter:
         self.written += len(rows["activations"])
 
 
-def _windows(lengths: np.ndarray, window: int, batch_size: int):
-    n = len(lengths)
-    for start in range(0, n, window):
-        stop = min(n, start + window)
-        order = start + np.argsort(lengths[start:stop], kind="stable")
-        yield start, stop, [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-
-
 def write_units(inputs, sample_ids: list[str], out: Path, layers: list[int], batch_size: int, window: int,
                 store_dtype, attrs: dict, progress: bool = True, chunk_rows: int | None = None) -> None:
     """Run `inputs` (TextUnits/ImageUnits) window by window and stream its positions into the store at `out`."""
@@ -326,7 +320,7 @@ def write_units(inputs, sample_ids: list[str], out: Path, layers: list[int], bat
     bar = tqdm(total=len(sample_ids), desc=f"units {attrs['model']}", unit="sample", disable=not progress,
                mininterval=2)
     with torch.inference_mode():
-        for start, stop, batches in _windows(inputs.lengths, window, batch_size):
+        for start, stop, batches in plan_batches(inputs.lengths, window, batch_size):
             per_sample: dict[int, np.ndarray] = {}
             for idx in batches:
                 for i, acts in zip(idx.tolist(), inputs.forward(idx, layers)):
@@ -412,26 +406,8 @@ REQUIRED_ATTRS = ("model", "modality", "positions", "n_positions", "layers")
 
 def open_units(path: str | Path) -> xr.Dataset:
     """Open a units store lazily and check it is complete (layout, attributes, number of positions)."""
-    path = Path(path)
-    fix = f"delete {path} and rerun snakemake to re-extract it"
-    if not path.exists():
-        raise UnitsError(f"{path} does not exist (run snakemake {path})")
-    try:
-        ds = xr.open_zarr(path)
-    except Exception as e:
-        raise UnitsError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e}); {fix}") from e
-    if "activations" not in ds or ds["activations"].dims != UNITS_DIMS:
-        raise UnitsError(f"{path} has no variable activations{UNITS_DIMS}: not a units store; {fix}")
-    missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
-    if missing:
-        raise UnitsError(f"{path} lacks attributes {missing}: not written by convergence.units; {fix}")
-    for name in ("sample_id", "unit_pos"):
-        if name not in ds.coords:
-            raise UnitsError(f"{path} has no {name} coordinate; {fix}")
-    if ds.sizes[POSITION_DIM] != int(ds.attrs["n_positions"]):
-        raise UnitsError(f"{path} holds {ds.sizes[POSITION_DIM]} positions, its attributes say "
-                         f"{ds.attrs['n_positions']}: a partial store; {fix}")
-    return ds
+    return open_checked(path, UNITS_DIMS, REQUIRED_ATTRS, ("sample_id", "unit_pos"), "n_positions",
+                        "convergence.units", error=UnitsError)
 
 
 def units_array(path: str | Path):

@@ -5,6 +5,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+report: "report/workflow.rst"
+
+
 configfile: "config/config.yaml"
 
 
@@ -19,6 +22,7 @@ include: "rules/extract.smk"
 include: "rules/alignment.smk"
 include: "rules/rosetta.smk"
 include: "rules/oocr.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -28,3 +32,4 @@ rule all:
         alignment_targets(),
         rosetta_targets(),
         oocr_targets(),
+        f"{RESULTS}/run_info/config.yaml",

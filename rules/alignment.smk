@@ -31,9 +31,24 @@ rule aggregate_alignment:
         stores=dataset_stores,
     output:
         table=f"{RESULTS}/alignment/{{dataset}}/{{metric}}.csv",
-        heatmap=f"{RESULTS}/alignment/{{dataset}}/{{metric}}.png",
-        layers=f"{RESULTS}/alignment/{{dataset}}/{{metric}}_layers.png",
-        scale=f"{RESULTS}/alignment/{{dataset}}/{{metric}}_scale.png",
+        heatmap=report(
+            f"{RESULTS}/alignment/{{dataset}}/{{metric}}.png",
+            caption="../report/alignment_heatmap.rst",
+            category="Alignment",
+            subcategory="{dataset}: {metric}",
+        ),
+        layers=report(
+            f"{RESULTS}/alignment/{{dataset}}/{{metric}}_layers.png",
+            caption="../report/alignment_layers.rst",
+            category="Alignment",
+            subcategory="{dataset}: {metric}",
+        ),
+        scale=report(
+            f"{RESULTS}/alignment/{{dataset}}/{{metric}}_scale.png",
+            caption="../report/alignment_scale.rst",
+            category="Alignment",
+            subcategory="{dataset}: {metric}",
+        ),
     log:
         f"{RESULTS}/logs/alignment/{{dataset}}/{{metric}}_aggregate.log",
     conda:

@@ -96,7 +96,14 @@ rule oocr_summary:
         oocr_item_files(),
     output:
         table=f"{RESULTS}/oocr/summary.csv",
-        figures=[f"{RESULTS}/oocr/{task}.png" for task in OOCR["tasks"]],
+        figures=[
+            report(
+                f"{RESULTS}/oocr/{task}.png",
+                caption="../report/oocr.rst",
+                category="OOCR",
+            )
+            for task in OOCR["tasks"]
+        ],
     log:
         f"{RESULTS}/logs/oocr/summary.log",
     conda:

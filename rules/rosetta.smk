@@ -95,10 +95,30 @@ rule rosetta_figures:
         unpack(rosetta_figure_inputs),
     output:
         excess=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.csv",
-        excess_png=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.png",
-        layers=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_layers.png",
-        pairwise=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_pairwise.png",
-        neurons=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.png",
+        excess_png=report(
+            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.png",
+            caption="../report/rosetta.rst",
+            category="Rosetta neurons",
+            subcategory="{dataset}: {modality}",
+        ),
+        layers=report(
+            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_layers.png",
+            caption="../report/rosetta.rst",
+            category="Rosetta neurons",
+            subcategory="{dataset}: {modality}",
+        ),
+        pairwise=report(
+            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_pairwise.png",
+            caption="../report/rosetta.rst",
+            category="Rosetta neurons",
+            subcategory="{dataset}: {modality}",
+        ),
+        neurons=report(
+            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.png",
+            caption="../report/rosetta.rst",
+            category="Rosetta neurons",
+            subcategory="{dataset}: {modality}",
+        ),
         md=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.md",
     log:
         f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_figures.log",

@@ -160,3 +160,11 @@ def test_bad_config_fails_before_any_job(tmp_path, base_config):
     proc = snakemake(tmp_path, config, check=False)
     assert proc.returncode != 0 and "unknown offline model 'bert-large'" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_html_report_holds_every_figure(finished_run, base_config):
+    snakemake(finished_run, base_config, "--report", str(finished_run / "report.html"))
+    html = (finished_run / "report.html").read_text(errors="replace")
+    for name in ("mutual_knn_scale.png", "cka_layers.png", "language_neurons.png", "vision_pairwise.png",
+                 "coins.png", "versions.json"):
+        assert name in html, name

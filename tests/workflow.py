@@ -13,10 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900):
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(cfg), "--cores", "2", *args]
+           "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
@@ -24,7 +25,10 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeo
 
 
 def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
-    """Dry run; returns rule -> job count from Snakemake's job stats (empty when nothing to do)."""
+    """Dry run; returns rule -> job count from Snakemake's job stats (empty when nothing to do).
+
+    `run_info` (a copy of the config for the report, rewritten on any config change, computing nothing)
+    is left out, with the `all` job it alone would trigger."""
     proc = snakemake(workdir, config, "-n")
     out = proc.stdout + proc.stderr
     if "Nothing to be done" in out:
@@ -37,4 +41,6 @@ def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
             break
         if m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
+    if counts.pop("run_info", None) and set(counts) == {"all"}:
+        counts = {}
     return counts

@@ -2,6 +2,7 @@
 evaluation tables and the per-task plot."""
 
 import csv
+import json
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,8 @@ def test_adapter_and_loss_curve_are_saved(tok, coins, trained):
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, 31))
     assert float(rows[-1]["loss"]) == pytest.approx(result.losses[-1])
+    modules = json.loads((out_dir / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1  # not PEFT's hash order: identical reruns
     # The saved adapter on a fresh copy of the base model scores exactly like the trained model.
     reloaded = load_adapter(tiny_llama(len(tok)), out_dir)
     items = coins.eval[:5]

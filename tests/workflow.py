@@ -12,12 +12,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900):
+def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+    """The command line of a Snakemake run of `config` in `workdir` (written there as config.yaml)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900):
+    cmd = snakemake_command(workdir, config, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

@@ -108,6 +108,9 @@ def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, nor
     check_same_samples(ds_a, ds_b, (str(path_a), str(path_b)))
     matrix = alignment.layer_scores(A, B, metric, normalize=normalize, clip_quantile=clip_quantile, **params)
     i, j, best = alignment.best_pair(matrix)
+    print(f"{name_a} x {name_b}: {metric} on {matrix.size} layer pairs in {time.perf_counter() - t0:.1f} s, best "
+          f"{best:.4f} at layers ({layers_a[i]}, {layers_b[j]}); uncertainty: {n_boot} half-samples, "
+          f"{n_perm} permutations", flush=True)
     # The chosen pair, preprocessed exactly as in layer_scores (clipping thresholds over all layers).
     X, Y = (_prepared_layer(stack, k, normalize, clip_quantile) for stack, k in ((A, i), (B, j)))
     interval = alignment.bootstrap_ci(X, Y, metric, n_boot=n_boot, ci=ci, seed=seed, **params)

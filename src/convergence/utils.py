@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import importlib.metadata
 import os
@@ -21,10 +22,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+TMP_TAG = ".tmp-"
+
+
 def tmp_sibling(path: str | Path) -> Path:
     """A temporary path next to `path` (same filesystem, so the final rename is atomic)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def stale_tmp_siblings(path: str | Path) -> list[Path]:
+    """Temporary siblings of `path` left by earlier writers (a SIGKILL leaves no chance to clean up)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}{TMP_TAG}*")) if path.parent.is_dir() else []
 
 
 def _remove(path: Path) -> None:
@@ -39,12 +49,14 @@ def atomic_path(path: str | Path):
     """Yield a temporary sibling of `path`; rename it into place only if the block succeeds.
 
     A killed or failing job therefore never leaves something at `path` that looks complete.
-    Works for files and folders (Zarr stores, model folders).
+    Works for files and folders (Zarr stores, model folders). Leftovers of a killed earlier writer are
+    removed first: one writer per output at a time is what Snakemake guarantees (its output lock).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
-    _remove(tmp)
+    for stale in stale_tmp_siblings(path):
+        _remove(stale)
     try:
         yield tmp
     except BaseException:

@@ -171,6 +171,13 @@ def save(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.model.save_pretrained(out_dir, safe_serialization=True)
+    # PEFT keeps target_modules as a set and writes it in hash order, which changes between processes:
+    # sorted, two identical runs write identical files.
+    adapter_config = out_dir / "adapter_config.json"
+    saved = json.loads(adapter_config.read_text())
+    if isinstance(saved.get("target_modules"), list):
+        saved["target_modules"] = sorted(saved["target_modules"])
+        adapter_config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     curve = out_dir / "loss_curve.csv"
     with curve.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -1,7 +1,14 @@
 # What the HTML report (snakemake --report report.html) shows besides the figures: config and versions.
+# Written last, from every other target, so it records the config of results that exist (a run that
+# fails leaves the previous record alone).
 
 
 rule run_info:
+    input:
+        extract_targets(),
+        alignment_targets(),
+        rosetta_targets(),
+        oocr_targets(),
     output:
         config=report(
             f"{RESULTS}/run_info/config.yaml",

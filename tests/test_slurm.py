@@ -5,6 +5,7 @@ them where it can) and skips with the script's reason where the daemons cannot s
 """
 
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,22 +19,25 @@ from workflow import REPO, snakemake
 
 pytestmark = pytest.mark.slow
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
+STATE = "/tmp/convergence-slurm"  # cluster.sh's default
+SLURM_ENV = {**os.environ, "SLURM_TEST_STATE": STATE}
 
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e .[test])")
-    proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=240, env=SLURM_ENV)
     if proc.returncode == 3:
         pytest.skip(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield
-    subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=60)
+    subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=60, env=SLURM_ENV)
 
 
 def slurm_job_ids() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True)
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True,
+                         env=SLURM_ENV)
     return set(out.stdout.split())
 
 
@@ -53,7 +57,7 @@ def test_slurm_run_equals_local_run(slurm_cluster, tiny_models, tmp_path):
               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
               "--default-resources", "slurm_partition=debug", "mem_mb=500", "runtime=10", *same_threads,
               # The profile asks 4 CPUs for these rules; the test node may have 2 (Slurm would hold the job).
-              "--set-resources", *(f"{rule}:cpus_per_task=1" for rule in fat_rules), timeout=600)
+              "--set-resources", *(f"{rule}:cpus_per_task=1" for rule in fat_rules), timeout=600, env=SLURM_ENV)
     # Finished jobs stay listed (MinJobAge=3600): sampling, two extractions, one pair at least.
     assert len(slurm_job_ids() - before) >= 4, "jobs did not go through sbatch"
     for model in config["models"]:

@@ -113,7 +113,7 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
         "extract_units": 1, "correlate_pair": 4, "match_pair": 4, "rosetta_sets": 1, "rosetta_figures": 1,
         "all": 1}
 
-    config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 8, "seed": 2, "image_size": 32}
+    config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 16, "seed": 2, "image_size": 32}
     assert planned_jobs(finished_run, config)["extract_activations"] == 1  # not in extract.datasets: unused
     config["extract"]["datasets"].append("tiny2")
     # mpnet on tiny (still pending in this dry run) + all K + 1 models on tiny2, which also gets aligned.

@@ -21,9 +21,9 @@ def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
             "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900):
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900, env=None):
     cmd = snakemake_command(workdir, config, *args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -57,6 +57,7 @@ def check_config(config: dict) -> dict:
     """Checks beyond the schema. Raises ConfigError naming the key and the fix."""
     from convergence.models.offline import OFFLINE_MODELS
 
+    _check_output_folders(config)
     datasets = config["datasets"]
     for name, spec in datasets.items():
         for key in SAMPLER_REQUIRED_KEYS[spec["sampler"]]:
@@ -114,7 +115,23 @@ def check_config(config: dict) -> dict:
     return config
 
 
+def _check_output_folders(config: dict) -> None:
+    """Outputs stay inside the working directory: Snakemake's bookkeeping (incomplete markers, reruns,
+    --delete-all-output) and every path in the results refer to it, and a typo like `results: /` or
+    `results: ../..` must not let jobs write or delete outside it."""
+    for key, default in (("results", "results"), ("resources_dir", "resources")):
+        value = str(config.get(key, default))
+        parts = Path(value).parts
+        if not value.strip() or Path(value).is_absolute() or ".." in parts or parts in ((), (".",)):
+            raise ConfigError(
+                f"config key '{key}': '{value}' is outside the workflow's working directory (or is the directory "
+                f"itself); use a relative folder such as '{default}'. To keep outputs on another disk, link it: "
+                f"ln -s /scratch/$USER/{default} {default}"
+            )
+
+
 def _check_alignment(config: dict) -> None:
+    from convergence import metrics
     from convergence.pairwise import metric_call
 
     al = config.get("alignment", {})
@@ -123,9 +140,21 @@ def _check_alignment(config: dict) -> None:
             raise ConfigError(f"config key 'alignment.datasets': unknown dataset '{ds}'")
     for label, entry in al.get("metrics", {}).items():
         try:
-            metric_call(entry, label)
+            name, params = metric_call(entry, label)
         except ValueError as e:
             raise ConfigError(f"config key 'alignment.metrics.{label}': {e}") from None
+        topk = params.get("topk", metrics.defaults(name).get("topk"))
+        if topk is None:
+            continue
+        for ds in alignment_datasets(config):
+            n = config["datasets"][ds].get("n")
+            # The bootstrap CI scores half-samples of n // 2 rows, each needing topk other samples.
+            if n is not None and int(topk) >= n // 2:
+                raise ConfigError(
+                    f"config key 'alignment.metrics.{label}.topk': {topk} neighbours need more samples than "
+                    f"dataset '{ds}' has (n = {n}; the bootstrap uses half-samples of {n // 2}, so topk must be "
+                    f"< {n // 2}). Lower topk or raise datasets.{ds}.n."
+                )
     ref = al.get("reference")
     if ref and ref not in config["models"]:
         raise ConfigError(f"config key 'alignment.reference': '{ref}' is not a model of this config")

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from convergence import alignment, metrics
-from convergence.store import check_same_samples, open_activations
+from convergence.store import StoreError, check_same_samples, open_activations, read_values
 from convergence.utils import atomic_path
 
 META_KEY = b"convergence"
@@ -76,9 +76,9 @@ def load_layers(path: str | Path):
     A layer that is identical for every sample (e.g. a ViT's CLS token at the embedding output) has no
     kernel structure: every similarity ties. It is masked out, reported in the result, never scored."""
     ds = open_activations(path)
-    acts = ds["activations"].values.astype(np.float32, copy=False)
+    acts = read_values(ds, path).astype(np.float32, copy=False)
     if not np.isfinite(acts).all():
-        raise ValueError(f"{path} holds NaN/inf activations; delete it and re-extract (try dtype: float32)")
+        raise StoreError(f"{path} holds NaN/inf activations; delete it and re-extract (try dtype: float32)")
     layers = ds["layer"].values.tolist()
     constant = [k for k in range(acts.shape[1]) if np.all(acts[:, k] == acts[:1, k])]
     if len(constant) == len(layers):

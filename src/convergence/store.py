@@ -41,6 +41,16 @@ def open_checked(path: str | Path, dims: tuple[str, ...], required_attrs, coords
     return ds
 
 
+def read_values(ds: xr.Dataset, path: str | Path, name: str = "activations") -> np.ndarray:
+    """`ds[name]` as numpy; a chunk that cannot be read or decoded (a damaged disk or copy) is an error
+    naming the store and the fix, not a codec traceback."""
+    try:
+        return ds[name].values
+    except Exception as e:
+        raise StoreError(f"{path}: cannot read {name} ({type(e).__name__}: {e}), a corrupt chunk; "
+                         f"delete {path} and rerun snakemake to re-extract it") from e
+
+
 def open_activations(path: str | Path) -> xr.Dataset:
     """Open `results/activations/{dataset}/{model}.zarr` lazily and check it is a complete store."""
     return open_checked(path, ("sample", "layer", "neuron"), REQUIRED_ATTRS, ("sample_id",), "n_samples",

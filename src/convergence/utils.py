@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 HASH_BLOCK = 1 << 22
@@ -83,6 +84,10 @@ def log_to(log_path: str | Path | None):
         os.dup2(log.fileno(), 2)
         try:
             yield
+        except BaseException:
+            # Into the log too: on a cluster the job's stderr is elsewhere, and Snakemake shows failed logs.
+            traceback.print_exc()
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -4,6 +4,10 @@
 # that do not come up. Needs Debian's slurm-wlm and munge (`.ci/run` installs them where it can).
 set -uo pipefail
 STATE=${SLURM_TEST_STATE:-/tmp/convergence-slurm}
+# The config goes where every client finds it (job steps too) and is removed on stop: while it exists,
+# Slurm clients, including the Snakemake Slurm plugin when imported (`scontrol show config`), wait ~10 s
+# for a controller that is down.
+CONF=/etc/slurm/slurm.conf
 
 skip() { echo "SKIP: $*"; exit 3; }
 
@@ -14,7 +18,7 @@ start() {
     [ "$(id -u)" = 0 ] || skip "starting munged and slurmd needs root"
     stop >/dev/null 2>&1
     rm -rf "$STATE"  # a clean cluster: no node or job state from an earlier run
-    mkdir -p "$STATE"/{ctld,d,log} /etc/munge /run/munge /var/log/munge /var/lib/munge /etc/slurm
+    mkdir -p "$STATE"/{ctld,d,log} /etc/munge /run/munge /var/log/munge /var/lib/munge "$(dirname "$CONF")"
     if [ ! -s /etc/munge/munge.key ]; then
         dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
     fi
@@ -24,7 +28,7 @@ start() {
     local host mem
     host=$(hostname -s)
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
-    cat > /etc/slurm/slurm.conf <<CONF
+    cat > "$CONF" <<CONF
 ClusterName=convergence-test
 SlurmctldHost=$host
 SlurmUser=root
@@ -65,13 +69,14 @@ CONF
 }
 
 stop() {
-    scancel --user "$(id -un)" >/dev/null 2>&1
+    [ -f "$CONF" ] && scancel --user "$(id -un)" >/dev/null 2>&1
     pkill -x slurmd; pkill -x slurmctld; pkill -x munged
     for _ in $(seq 20); do  # the daemons hold their ports until they have exited
-        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x munged >/dev/null || return 0
+        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x munged >/dev/null || break
         sleep 0.5
     done
     pkill -9 -x slurmd; pkill -9 -x slurmctld; pkill -9 -x munged
+    rm -f "$CONF"
     return 0
 }
 

@@ -4,7 +4,6 @@ the whole Snakemake process tree, a LoRA fine-tuning between steps) and is then 
 results identical to the clean run's, with no temporary leftovers.
 """
 
-import copy
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
+from convergence.utils import TMP_TAG, stale_tmp_siblings
 from workflow import snakemake, snakemake_command
 
 pytestmark = pytest.mark.slow
@@ -65,13 +65,13 @@ def test_killed_jobs_then_plain_reruns_equal_the_clean_run(clean_run, fault_conf
 
     # 1. The scheduler kills an extraction while it writes its store.
     def extraction_mid_write():
-        for tmp in store.parent.glob(".llama.zarr.tmp-*"):
+        for tmp in stale_tmp_siblings(store):
             if (tmp / "activations" / "c").is_dir():  # at least one chunk written
                 return int(tmp.name.rsplit("-", 1)[1])
         return None
 
     run_and_kill(tmp_path, fault_config, extraction_mid_write, target=store)
-    assert not store.exists() and list(store.parent.glob(".llama.zarr.tmp-*"))  # a leftover, not a store
+    assert not store.exists() and stale_tmp_siblings(store)  # a leftover, not a store
 
     # 2. The whole Snakemake process tree dies (head node preempted) while a pair bootstraps.
     def alignment_bootstrapping():
@@ -80,7 +80,7 @@ def test_killed_jobs_then_plain_reruns_equal_the_clean_run(clean_run, fault_conf
 
     run_and_kill(tmp_path, fault_config, alignment_bootstrapping, target=pair, whole_tree=True)
     assert not pair.exists()
-    assert not list(store.parent.glob(".llama.zarr.tmp-*"))  # the rerun extraction cleared the leftover
+    assert not stale_tmp_siblings(store)  # the rerun extraction cleared the leftover
     locked = snakemake(tmp_path, fault_config, str(pair.relative_to(tmp_path)), check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr  # says what to do
     snakemake(tmp_path, fault_config, "--unlock")
@@ -99,7 +99,7 @@ def test_killed_jobs_then_plain_reruns_equal_the_clean_run(clean_run, fault_conf
     # A plain rerun finishes everything: same results as never having been interrupted.
     snakemake(tmp_path, fault_config)
     assert_same_results(clean_run, tmp_path)
-    assert not [p for p in results.rglob("*") if ".tmp-" in p.name]
+    assert not [p for p in results.rglob("*") if TMP_TAG in p.name]
 
 
 def run_and_kill(workdir: Path, config: dict, victim, target: Path, whole_tree: bool = False, timeout: float = 600):
@@ -183,4 +183,4 @@ def _untimed(obj):
         return {k: _untimed(v) for k, v in obj.items() if not TIMING.search(str(k))}
     if isinstance(obj, list):
         return [_untimed(v) for v in obj]
-    return copy.deepcopy(obj)
+    return obj

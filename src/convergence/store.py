@@ -14,12 +14,16 @@ class StoreError(ValueError):
     pass
 
 
+def _fix(path) -> str:
+    return f"delete {path} and rerun snakemake to re-extract it"
+
+
 def open_checked(path: str | Path, dims: tuple[str, ...], required_attrs, coords, count_attr: str,
                  writer: str, error=StoreError) -> xr.Dataset:
     """Open a store lazily; fail, naming the file and the fix, unless it is complete: `activations` with
     `dims`, the attributes its writer sets, `coords`, and as many rows as its `count_attr` says."""
     path = Path(path)
-    fix = f"delete {path} and rerun snakemake to re-extract it"
+    fix = _fix(path)
     if not path.exists():
         raise error(f"{path} does not exist (run snakemake {path})")
     try:
@@ -47,8 +51,7 @@ def read_values(ds: xr.Dataset, path: str | Path, name: str = "activations") -> 
     try:
         return ds[name].values
     except Exception as e:
-        raise StoreError(f"{path}: cannot read {name} ({type(e).__name__}: {e}), a corrupt chunk; "
-                         f"delete {path} and rerun snakemake to re-extract it") from e
+        raise StoreError(f"{path}: cannot read {name} ({type(e).__name__}: {e}), a corrupt chunk; {_fix(path)}") from e
 
 
 def open_activations(path: str | Path) -> xr.Dataset:

@@ -35,7 +35,7 @@ def tmp_sibling(path: str | Path) -> Path:
 def stale_tmp_siblings(path: str | Path) -> list[Path]:
     """Temporary siblings of `path` left by earlier writers (a SIGKILL leaves no chance to clean up)."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}{TMP_TAG}*")) if path.parent.is_dir() else []
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}{TMP_TAG}*"))
 
 
 def _remove(path: Path) -> None:

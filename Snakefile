@@ -28,8 +28,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        extract_targets(),
-        alignment_targets(),
-        rosetta_targets(),
-        oocr_targets(),
-        f"{RESULTS}/run_info/config.yaml",
+        study_targets(),  # activations, alignment, Rosetta neurons, OOCR
+        f"{RESULTS}/run_info/config.yaml",  # the run's config and versions, for the report

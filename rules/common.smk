@@ -202,3 +202,8 @@ def oocr_targets():
     return [f"{RESULTS}/oocr/summary.csv"] + [
         f"{RESULTS}/oocr/{task}.png" for task in OOCR["tasks"]
     ]
+
+
+def study_targets():
+    """Every result of the study: activations, alignment, Rosetta neurons, OOCR."""
+    return extract_targets() + alignment_targets() + rosetta_targets() + oocr_targets()

@@ -5,10 +5,7 @@
 
 rule run_info:
     input:
-        extract_targets(),
-        alignment_targets(),
-        rosetta_targets(),
-        oocr_targets(),
+        study_targets(),
     output:
         config=report(
             f"{RESULTS}/run_info/config.yaml",

@@ -6,14 +6,14 @@
 The PRH way (minyoungg/platonic-rep measure_alignment.compute_score + metrics.mutual_knn):
 for every layer pair, F.normalize both layers, ``feats @ feats.T``, ``fill_diagonal_(-1e8)``,
 full descending argsort per row, N x N float32 masks, in the dtype of the stored features
-as PRH loads them (``.float()``: float32). layer_scores preprocesses in float64 and its kNN
-is the exact float64 ranking (float32 products, certified per row, float64 where float32
-cannot tell). The two must find the same neighbours here: the scores are asserted equal as
-counts of shared neighbours (score * N * topk, an integer), the float32 mean aside.
+as PRH loads them (``.float()``: float32); torch uses every core for each operation.
+layer_scores preprocesses in float64 and its kNN is the exact float64 neighbour set (float32
+products, certified per row, float64 where float32 cannot tell), once per layer, one layer
+per core (single-threaded BLAS ssyrk for half of each Gram matrix, compiled scans). The two
+must find the same neighbours here: the scores are asserted equal as counts of shared
+neighbours (score * N * topk, an integer), the float32 mean aside.
 Timings are wall-clock on this machine (other jobs may share its cores: the best of several
-runs is reported). layer_scores' products run in numpy's BLAS (OpenBLAS), whose threads
-suffer more than torch's when other jobs hold the cores; OPENBLAS_NUM_THREADS=1 can then be
-faster (the header prints its setting).
+runs is reported for layer_scores, one run for the far slower PRH loop).
 """
 
 from __future__ import annotations
@@ -70,19 +70,23 @@ def prh_mutual_knn_all_pairs(A: np.ndarray, B: np.ndarray, topk: int) -> np.ndar
     return out
 
 
-def compare_neighbours(stacks, topk: int) -> tuple[int, int, dict]:
+def compare_neighbours(stacks, topk: int) -> tuple[int, int, dict, dict]:
     """Untimed: every layer's kNN both ways. Returns (rows, rows whose PRH-way list is in
-    the same order as ours, how knn_indices decided its rows); asserts the sets equal."""
-    stats, rows, same_order = {}, 0, 0
+    the same order as our ranked one, how knn_indices decided its rows as sets (what
+    mutual_knn uses) and as ranked lists); asserts the sets equal."""
+    sets, ranked, rows, same_order = {}, {}, 0, 0
     for stack in stacks:
         for i in range(stack.shape[1]):
             f = F.normalize(torch.from_numpy(stack[:, i]), p=2, dim=-1)
             prh = (f @ f.T).fill_diagonal_(-1e8).argsort(dim=1, descending=True)[:, :topk].numpy()
-            ours = knn_indices(preprocess_layer(stack[:, i], True, None, "layer"), topk, stats=stats)
+            layer = preprocess_layer(stack[:, i], True, None, "layer")
+            ours = knn_indices(layer, topk, stats=ranked)
+            members = knn_indices(layer, topk, stats=sets, ordered=False)
             assert np.array_equal(np.sort(prh, axis=1), np.sort(ours, axis=1)), f"layer {i}"
+            assert np.array_equal(np.sort(members, axis=1), np.sort(ours, axis=1)), f"layer {i}"
             rows += len(ours)
             same_order += int(np.all(prh == ours, axis=1).sum())
-    return rows, same_order, stats
+    return rows, same_order, sets, ranked
 
 
 def best_time(fn, repeats: int):
@@ -141,9 +145,9 @@ def main() -> None:
     la, lb = (5, 4) if args.quick else (13, 9)
     n_memory = 10_000 if args.quick else 50_000
     A, B = features(n, la, dim, seed=1), features(n, lb, dim, seed=2)
+    cores = len(os.sched_getaffinity(0))
     print(f"mutual_knn, topk={TOPK}, N={n}, D={dim}, {la} x {lb} layer pairs, "
-          f"torch threads={torch.get_num_threads()}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+          f"torch threads={torch.get_num_threads()}, layer_scores workers={min(cores, la + lb)}")
 
     t_ours, ours = best_time(lambda: layer_scores(A, B, "mutual_knn", topk=TOPK), repeats=5)
     t_prh, prh = best_time(lambda: prh_mutual_knn_all_pairs(A, B, TOPK), repeats=1 if not args.quick else 2)
@@ -158,11 +162,12 @@ def main() -> None:
     print(f"  PRH way ({A.dtype} features; per pair: normalise, dense argsort): {t_prh:8.3f} s")
     print(f"  layer_scores (float64-exact kNN once per layer):        {t_ours:8.3f} s")
     print(f"  speed-up: {t_prh / t_ours:.1f}x")
-    rows, same_order, stats = compare_neighbours((A, B), TOPK)
+    rows, same_order, sets, ranked = compare_neighbours((A, B), TOPK)
     print(f"  neighbour sets equal to the PRH way's in all {rows} rows of the {la + lb} layers "
-          f"(same order in {same_order})")
-    print("  our kNN rows: " + ", ".join(f"{key} {stats[key]}" for key in STAT_KEYS[1:])
-          + "\n    (certified: float32 decided; reranked / fallback: float64 needed)")
+          f"(our ranked lists in the same order in {same_order})")
+    for label, stats in (("as sets (mutual_knn, above)", sets), ("ranked (lcs/edit_distance)", ranked)):
+        print(f"  our kNN rows {label}: " + ", ".join(f"{key} {stats[key]}" for key in STAT_KEYS[1:]))
+    print("    (certified: float32 decided; reranked / fallback: float64 needed; pairs: float64 similarities)")
 
     peak, rise, seconds = measure_memory(n_memory, dim)
     input_mib = n_memory * dim * 4 / 2**20

@@ -15,6 +15,7 @@ from convergence.alignment import (
     layer_scores,
     permutation_pvalue,
     preprocess,
+    preprocess_layer,
 )
 from convergence.metrics.knn import knn_subsampler, neighbours
 
@@ -131,8 +132,29 @@ def test_layer_scores_accepts_torch_and_matches_prh_style_loop():
             assert got[i, j] == pytest.approx(np.mean(shared), abs=1e-15)
 
 
+@pytest.mark.parametrize("name", metrics.available())
+def test_layer_scores_do_not_depend_on_workers(name):
+    A, B = model_pair(n=70, la=4, lb=3)
+    params = SMALL_PARAMS.get(name, {})
+    one = layer_scores(A, B, name, workers=1, **params)
+    for workers in (2, 5):
+        np.testing.assert_array_equal(layer_scores(A, B, name, workers=workers, **params), one)
+
+
+def test_preprocess_layer_rows_depend_on_their_row_only():
+    A, _ = model_pair(n=50)
+    full = preprocess_layer(A[:, 1], True, 0.8)
+    assert np.array_equal(preprocess_layer(np.ascontiguousarray(A[7:19, 1]), True, 0.8), full[7:19])
+    assert np.array_equal(preprocess_layer(torch.from_numpy(A[:, 1]), True, 0.8), full)
+    assert np.array_equal(preprocess_layer(A[:, 1].astype(np.float16).astype(np.int64), False),
+                          A[:, 1].astype(np.float16).astype(np.int64).astype(np.float64))
+
+
 def test_layer_scores_errors():
     A, B = model_pair()
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be a positive integer"):
+            layer_scores(A, B, "cka", workers=workers)
     with pytest.raises(ValueError, match="same samples"):
         layer_scores(A, B[:-1], "cka")
     with pytest.raises(ValueError, match="unknown metric"):

@@ -433,7 +433,20 @@ def gemm_ranking(X, k):
 
 def knn_with_stats(X, k, **kwargs):
     stats = {}
-    return knn_indices(X, k, stats=stats, **kwargs), stats
+    nn = knn_indices(X, k, stats=stats, **kwargs)
+    check_sets(X, k, nn)
+    return nn, stats
+
+
+def check_sets(X, k, nn):
+    """ordered=False (the set metrics' path) gives each row's members of the float64 top k,
+    on the full-matrix path and on 1-row blocks; those with certain order keep it."""
+    for block_bytes in ({}, {"block_bytes": 1}):
+        stats = {}
+        sets = knn_indices(X, k, ordered=False, stats=stats, **block_bytes)
+        assert sets.shape == nn.shape and sets.dtype == nn.dtype
+        assert np.array_equal(np.sort(sets, axis=1), np.sort(nn, axis=1))
+        assert stats["reranked"] == 0 and stats["certified"] + stats["fallback"] == len(X)
 
 
 def test_pair_similarities_do_not_depend_on_batching():

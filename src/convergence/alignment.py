@@ -13,12 +13,19 @@ Arrays only: no files, no models.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import metrics
-from .metrics._registry import as_matrix, check_pair, to_numpy
+from .metrics import _kernels
+from .metrics._registry import as_matrix, check_pair, real_matrix, to_numpy
+from .metrics.knn import reuse_buffers, reuse_buffers_in_this_thread, scratch
 
 CLIP_METHODS = ("global", "per_sample_mean")
 
@@ -59,16 +66,17 @@ def clip_threshold(A, q: float, method: str = "global") -> float:
 
 
 def preprocess_layer(layer, normalize: bool = True, threshold: float | None = None,
-                     label: str = "layer") -> np.ndarray:
+                     label: str = "layer", out: np.ndarray | None = None) -> np.ndarray:
     """One layer ``[N, D]`` in float64: clamp to ±threshold (from ``clip_threshold`` over the
-    model's layers), then rows to unit L2 norm (all-zero rows stay zero, as F.normalize)."""
-    x = as_matrix(layer, label)
-    if threshold is not None:
-        x = np.clip(x, -threshold, threshold)
-    if normalize:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms > 0, norms, 1.0)
-    return x
+    model's layers), then rows to unit L2 norm (all-zero rows stay zero, as F.normalize).
+    One compiled pass; each row's result depends on that row only (``out``: where to write)."""
+    x = real_matrix(layer, label)
+    out = np.empty(x.shape) if out is None else out
+    bad = _kernels.normalize_rows(x, 0.0 if threshold is None else float(threshold),
+                                  threshold is not None, normalize, out)
+    if bad:
+        raise ValueError(f"{label} has {bad} non-finite value(s) (NaN or inf)")
+    return out
 
 
 def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
@@ -86,28 +94,82 @@ def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
 
 
 def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float | None = None,
-                 clip_method: str = "global", **params) -> np.ndarray:
+                 clip_method: str = "global", workers: int | None = None, **params) -> np.ndarray:
     """``[La, Lb]`` scores of ``metric`` between every layer of A ``[N, La, Da]`` and of
-    B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and one
-    of A's at a time (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits)."""
+    B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and
+    ``workers`` of A's at a time (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits).
+
+    Layers are prepared ``workers`` at a time (default: the CPUs this process may use), one
+    per thread with single-threaded BLAS: the per-layer work that is not BLAS (preprocessing,
+    the kNN scan) then runs in parallel too. Results do not depend on ``workers``.
+    """
     spec = metrics.get(metric)
     prepare_params, compare_params = spec.split_params(params)
     A, B = _as_stack(A, "A"), _as_stack(B, "B")
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = int(min(workers, A.shape[1] + B.shape[1]))
+    thresholds = [None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
+                  for stack in (A, B)]
 
-    def states(stack, label):
-        threshold = None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
-        for i in range(stack.shape[1]):
-            layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}")
-            yield spec.prepare_one(layer, prepare_params)
+    def state(job):
+        stack, i, threshold, label = job
+        # Preprocessed into a reused buffer when the metric's state keeps no reference to it.
+        out = scratch("layer", stack[:, i].shape, np.float64) if spec.scratch_input else None
+        layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}", out=out)
+        return spec.prepare_one(layer, prepare_params)
 
-    states_b = list(states(B, "B"))
+    jobs_b = [(B, j, thresholds[1], "B") for j in range(B.shape[1])]
+    jobs_a = [(A, i, thresholds[0], "A") for i in range(A.shape[1])]
     out = np.empty((A.shape[1], B.shape[1]))
-    for i, state_a in enumerate(states(A, "A")):
-        for j, state_b in enumerate(states_b):
-            out[i, j] = spec.compare_pair(state_a, state_b, compare_params)
+    with _layer_workers(workers) as run:
+        states = run(state, jobs_b + jobs_a)  # one stream: no worker waits between B and A
+        states_b = [next(states) for _ in jobs_b]
+        for i, state_a in enumerate(states):
+            for j, state_b in enumerate(states_b):
+                out[i, j] = spec.compare_pair(state_a, state_b, compare_params)
     return out
+
+
+class _layer_workers:
+    """``run(fn, jobs)``: the results of ``fn`` over ``jobs`` in order, computed by up to
+    ``workers`` threads (each reusing its own kNN buffers) with at most 2 * ``workers``
+    results ahead of the one consumed; BLAS is single-threaded meanwhile. With one worker:
+    in this thread, BLAS as it is."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        if self.workers == 1:
+            self._stack.enter_context(reuse_buffers())
+            return lambda fn, jobs: map(fn, jobs)
+        self._stack.enter_context(threadpool_limits(1, user_api="blas"))
+        pool = self._stack.enter_context(
+            ThreadPoolExecutor(self.workers, thread_name_prefix="layer",
+                               initializer=reuse_buffers_in_this_thread)
+        )
+
+        def run(fn, jobs):
+            pending, jobs = deque(), iter(jobs)
+            while True:
+                for job in jobs:
+                    pending.append(pool.submit(fn, job))
+                    if len(pending) >= 2 * self.workers:
+                        break
+                if not pending:
+                    return
+                yield pending.popleft().result()
+
+        return run
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
 
 
 def best_pair(matrix) -> tuple[int, int, float]:

@@ -50,7 +50,8 @@ def _align(args) -> int:
         params[key] = _parse_value(value)
     name, params = metric_call({"metric": args.metric, **params}, args.metric)
     r = align_stores(args.a, args.b, name, params, normalize=not args.no_normalize,
-                     clip_quantile=args.clip_quantile, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
+                     clip_quantile=args.clip_quantile, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
+                     workers=args.workers)
     out = args.out or f"{r.model_a}__{r.model_b}.{args.metric}.parquet"
     write_pair(r, out)
     print(f"{name}{params} {r.model_a} vs {r.model_b} ({r.n_samples} samples, "
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--n-perm", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="layers prepared at once (default: all CPUs)")
     p.add_argument("--out", help="where to write the layer x layer matrix (parquet)")
     p.set_defaults(func=_align)
 

@@ -98,15 +98,17 @@ def _prepared_layer(stack: np.ndarray, k: int, normalize: bool, clip_quantile: f
 
 def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, normalize: bool = True,
                  clip_quantile: float | None = None, n_boot: int = 200, n_perm: int = 200, ci: float = 0.95,
-                 seed: int = 0) -> PairResult:
-    """Score every layer pair of two stores of the same samples; CI and p-value for the best pair."""
+                 seed: int = 0, workers: int | None = None) -> PairResult:
+    """Score every layer pair of two stores of the same samples; CI and p-value for the best pair.
+    ``workers``: layers prepared at once (``layer_scores``; default: every CPU available)."""
     t0 = time.perf_counter()
     params = dict(params or {})
     ds_a, A, layers_a, excluded_a = load_layers(path_a)
     ds_b, B, layers_b, excluded_b = load_layers(path_b)
     name_a, name_b = ds_a.attrs["model"], ds_b.attrs["model"]
     check_same_samples(ds_a, ds_b, (str(path_a), str(path_b)))
-    matrix = alignment.layer_scores(A, B, metric, normalize=normalize, clip_quantile=clip_quantile, **params)
+    matrix = alignment.layer_scores(A, B, metric, normalize=normalize, clip_quantile=clip_quantile,
+                                    workers=workers, **params)
     i, j, best = alignment.best_pair(matrix)
     print(f"{name_a} x {name_b}: {metric} on {matrix.size} layer pairs in {time.perf_counter() - t0:.1f} s, best "
           f"{best:.4f} at layers ({layers_a[i]}, {layers_b[j]}); uncertainty: {n_boot} half-samples, "

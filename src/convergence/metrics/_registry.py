@@ -35,6 +35,7 @@ class Metric:
     per_sample: bool
     permute: Callable[[Any, np.ndarray], Any] | None
     subsampler: Callable[..., Callable[[np.ndarray], Any]] | None
+    scratch_input: bool  # prepare's state never refers to X: X's buffer may be reused after
     defaults: dict[str, Any]
     prepare_params: tuple[str, ...]
     compare_params: tuple[str, ...]
@@ -126,8 +127,11 @@ def register(
     per_sample: bool = False,
     permute: Callable[[Any, np.ndarray], Any] | None = None,
     subsampler: Callable[..., Callable[[np.ndarray], Any]] | None = None,
+    scratch_input: bool = False,
 ):
-    """Register ``compare`` under ``name``; returns the public ``fn(X, Y, **params) -> float``."""
+    """Register ``compare`` under ``name``; returns the public ``fn(X, Y, **params) -> float``.
+    ``scratch_input``: the state ``prepare`` returns holds no reference to its input (so
+    ``layer_scores`` may preprocess the next layer into the same buffer)."""
 
     def decorate(compare: Callable[..., Any]):
         if name in _REGISTRY:
@@ -146,6 +150,7 @@ def register(
             per_sample=per_sample,
             permute=permute,
             subsampler=subsampler,
+            scratch_input=scratch_input,
             defaults=defaults,
             prepare_params=tuple(prepare_defaults),
             compare_params=tuple(compare_defaults),
@@ -181,8 +186,10 @@ def defaults(name: str) -> dict[str, Any]:
     return dict(get(name).defaults)
 
 
-def as_matrix(X, label: str = "X") -> np.ndarray:
-    """Validate one representation ``[N, D]`` (numpy or torch) and return it as float64."""
+def real_matrix(X, label: str = "X") -> np.ndarray:
+    """Validate the shape and dtype of one representation ``[N, D]`` (numpy or torch):
+    float32 and float64 arrays are returned as they are (any strides), other real dtypes
+    as float64. Values are not checked."""
     X = to_numpy(X)
     if X.ndim != 2:
         raise ValueError(f"{label} must be 2-D [N, D], got shape {X.shape}")
@@ -190,7 +197,12 @@ def as_matrix(X, label: str = "X") -> np.ndarray:
         raise ValueError(f"{label} is empty (shape {X.shape})")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError(f"{label} must be real numeric, got dtype {X.dtype}")
-    X = np.asarray(X, dtype=np.float64)
+    return X if X.dtype in (np.float32, np.float64) else X.astype(np.float64)
+
+
+def as_matrix(X, label: str = "X") -> np.ndarray:
+    """Validate one representation ``[N, D]`` (numpy or torch) and return it as float64."""
+    X = np.asarray(real_matrix(X, label), dtype=np.float64)
     if not np.isfinite(X).all():
         bad = int((~np.isfinite(X)).sum())
         raise ValueError(f"{label} has {bad} non-finite value(s) (NaN or inf)")

@@ -25,15 +25,24 @@ of a row,
   are computed once.
 
 So the result is always the float64 ranking; ``stats`` (a dict) counts the rows of each kind.
+With ``ordered=False`` (the set metrics: mutual, Jaccard, cycle) only the members are made
+certain, in float32 order: no re-ranking.
+
+When the whole [N, N] float32 matrix fits in ``block_bytes``, its lower triangle comes from
+one BLAS ssyrk (half a product) and each row's k + 1 largest from a compiled scan of it
+(``_kernels``); otherwise rows are done in blocks of full products and numpy's argpartition.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
 
+from . import _kernels
 from ._registry import check_int, check_not_constant, register
 
 # Similarity rows held at once: the [block, N] float32 block is the only N-sized buffer,
@@ -41,6 +50,43 @@ from ._registry import check_int, check_not_constant, register
 BLOCK_BYTES = 256 * 2**20
 # Gathered row pairs held at once by pair_similarities.
 PAIR_BYTES = 16 * 2**20
+# Buffers up to this size are kept for reuse inside ``reuse_buffers()``: a fresh multi-MB
+# array costs a page fault per 4 KiB, which at N = 1024 is a third of a layer's kNN time.
+SCRATCH_BYTES = 64 * 2**20
+_SCRATCH = threading.local()
+
+
+@contextlib.contextmanager
+def reuse_buffers():
+    """Within this (per thread), kNN work buffers of the same shape are reused between
+    calls instead of allocated afresh; they are freed when it ends."""
+    outer = getattr(_SCRATCH, "buffers", None)
+    _SCRATCH.buffers = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _SCRATCH.buffers = None
+
+
+def reuse_buffers_in_this_thread() -> None:
+    """``reuse_buffers`` for the rest of this thread's life (a pool's worker threads)."""
+    _SCRATCH.buffers = {}
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array: the one kept under ``name`` in ``reuse_buffers()`` if it has
+    this shape and dtype, else a new one (kept there if at most SCRATCH_BYTES)."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    dtype = np.dtype(dtype)
+    if buffers is not None:
+        kept = buffers.get(name)
+        if kept is not None and kept.shape == tuple(shape) and kept.dtype == dtype:
+            return kept
+    array = np.empty(shape, dtype=dtype)
+    if buffers is not None and array.nbytes <= SCRATCH_BYTES:
+        buffers[name] = array
+    return array
 
 _U32, _U64 = 2.0**-24, 2.0**-53  # unit roundoff
 # Smallest normal numbers: a bound on the absolute error of underflow, flushed to zero or not.
@@ -80,7 +126,8 @@ class _Ranker:
             for key in STAT_KEYS:
                 stats.setdefault(key, 0)
         self._groups = None
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X)) * (1 + _gamma(d + 4, _U64))
+        self.X32 = scratch("knn.X32", X.shape, np.float32)
+        norms = _kernels.norms_and_float32(X, 1.0, self.X32) * (1 + _gamma(d + 4, _U64))
         top = float(norms.max())
         # Non-finite values, norms whose squares may overflow, or D beyond float32's bound:
         # plain float64 products and torch.topk (ties in arbitrary order).
@@ -89,13 +136,8 @@ class _Ranker:
             return
         # A power of two (exact) keeps float32 away from overflow and underflow.
         scale = 1.0 if top == 0 or 2.0**-60 <= top <= 2.0**60 else 2.0 ** -math.frexp(top)[1]
-        if scale == 1.0:
-            self.X32 = X.astype(np.float32)
-        else:
-            self.X32 = np.empty(X.shape, dtype=np.float32)
-            step = max(1, PAIR_BYTES // (8 * d))
-            for a in range(0, self.n, step):
-                self.X32[a : a + step] = X[a : a + step] * scale
+        if scale != 1.0:
+            _kernels.norms_and_float32(X, scale, self.X32)
         slack = 1 + 2.0**-20  # covers the rounding of these bounds themselves
         under32 = _TINY32 * (2 * math.sqrt(d) * scale * top + 2 * d + 2)
         under64 = _TINY64 * (2 * math.sqrt(d) * top + 2 * d + 2)
@@ -112,52 +154,88 @@ class _Ranker:
         if self.stats is not None:
             self.stats[key] += int(value)
 
-    def neighbours(self, topk: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """``[len(rows), topk]`` neighbours of ``rows`` (all rows if None)."""
+    def neighbours(self, topk: int, rows: np.ndarray | None = None, ordered: bool = True) -> np.ndarray:
+        """``[len(rows), topk]`` neighbours of ``rows`` (all rows if None); in float64 order
+        unless ``ordered`` is False (then the same sets, in float32 order)."""
         n = self.n
         m = n if rows is None else len(rows)
         self.count("rows", m)
         if self.legacy:
             self.count("legacy", m)
             return _knn_float64_topk(self.X, topk, self.block_bytes, rows)
+        width = min(topk + 1, n - 1)
+        if rows is None and 4 * n * n <= self.block_bytes:
+            return self._neighbours_full(topk, width, ordered)
         out = np.empty((m, topk), dtype=np.int64)
         block = max(1, min(m, self.block_bytes // (4 * n)))
         buffer = np.empty((block, n), dtype=np.float32)
-        width = min(topk + 1, n - 1)
         for start in range(0, m, block):
             stop = min(m, start + block)
             ids = np.arange(start, stop) if rows is None else rows[start:stop]
             sims = buffer[: stop - start]
-            if rows is None and stop - start == n:
-                np.matmul(self.X32, self.X32.T, out=sims)  # numpy uses syrk for X @ X.T
-            else:
-                left = self.X32[start:stop] if rows is None else self.X32[ids]
-                np.matmul(left, self.X32.T, out=sims)
+            left = self.X32[start:stop] if rows is None else self.X32[ids]
+            np.matmul(left, self.X32.T, out=sims)
             sims[np.arange(stop - start), ids] = -np.inf  # self is never its own neighbour
-            out[start:stop] = self._rank_block(sims, ids, topk, width)
+            values, idx = _largest(sims, width)
+            out[start:stop] = self._certify(values, idx, ids, topk, ordered, sims.__getitem__)
         return out
 
-    def _rank_block(self, sims: np.ndarray, ids: np.ndarray, k: int, width: int) -> np.ndarray:
-        values, idx = _largest(sims, width)
+    def _neighbours_full(self, k: int, width: int, ordered: bool) -> np.ndarray:
+        """All rows from the lower triangle of one ssyrk product and the compiled scan."""
+        n = self.n
+        G = _kernels.gram_lower(self.X32, out=scratch("knn.gram", (n, n), np.float32))
+        values = np.empty((n, width), dtype=np.float32)
+        idx = np.empty((n, width), dtype=np.int64)
+        _kernels.top_of_lower(G, width, values, idx)
+
+        def full_rows(local: np.ndarray) -> np.ndarray:
+            rows = np.empty((len(local), n), dtype=np.float32)
+            _kernels.rows_of_lower(G, local, rows)
+            return rows
+
+        return self._certify(values.astype(np.float64), idx, np.arange(n), k, ordered, full_rows)
+
+    def _certify(self, values: np.ndarray, idx: np.ndarray, ids: np.ndarray, k: int, ordered: bool,
+                 rows_of) -> np.ndarray:
+        """Rows ``ids``' top k from their ``width`` largest float32 ``values`` (descending;
+        columns ``idx``), made exact as the module docstring says. ``rows_of(local)`` gives
+        the float32 similarity rows of ``ids[local]`` (self at -inf) for the fallback."""
+        width = values.shape[1]
         twice = 2 * self.bound32[ids]
         apart = (values[:, :-1] - values[:, 1:]) > twice[:, None]  # [b, width - 1]
-        ordered = apart[:, : k - 1].all(axis=1)
         members = apart[:, k - 1] if width > k else np.ones(len(ids), dtype=bool)
         out = idx[:, :k].copy()
-        rerank, fallback = ~ordered & members, ~members
-        self.count("certified", np.count_nonzero(ordered & members))
-        self.count("reranked", np.count_nonzero(rerank))
+        fallback = ~members
+        if ordered:
+            in_order = apart[:, : k - 1].all(axis=1)
+            rerank = ~in_order & members
+            self.count("certified", np.count_nonzero(in_order & members))
+            self.count("reranked", np.count_nonzero(rerank))
+            if rerank.any():
+                out[rerank] = self._rerank(ids[rerank], idx[rerank, :k], apart[rerank, : k - 1])
+        else:
+            self.count("certified", np.count_nonzero(members))
         self.count("fallback", np.count_nonzero(fallback))
-        if rerank.any():
-            out[rerank] = self._rerank(ids[rerank], idx[rerank, :k], apart[rerank, : k - 1])
         if fallback.any():
             local = np.flatnonzero(fallback)
             threshold = _float32_at_most(values[local, k - 1] - twice[local])
+            known = None
+            if not ordered:
+                # For a set, the leading values more than 2 E_i above the (k + 1)-th are
+                # members for certain (fewer than k others can beat them): only the rest of
+                # the candidates need float64 similarities.
+                sure = (values[local, :k] - values[local, k : k + 1]) > twice[local, None]
+                known = np.where(sure, idx[local, :k], -1)
             step = max(1, PAIR_BYTES // (5 * self.n))  # a few rows' masks at a time
             for a in range(0, len(local), step):
                 part = local[a : a + step]
-                candidates = sims[part] >= threshold[a : a + step, None]
-                out[part] = self._rank_candidates(ids[part], candidates, k, narrow=True)
+                candidates = rows_of(part) >= threshold[a : a + step, None]
+                part_known = None
+                if known is not None:
+                    part_known = known[a : a + step]
+                    r, p = np.nonzero(part_known >= 0)
+                    candidates[r, part_known[r, p]] = False
+                out[part] = self._rank_candidates(ids[part], candidates, k, narrow=True, known=part_known)
         return out
 
     def _rerank(self, ids: np.ndarray, idx: np.ndarray, apart: np.ndarray) -> np.ndarray:
@@ -174,9 +252,11 @@ class _Ranker:
         return np.take_along_axis(idx, order, axis=1)
 
     def _rank_candidates(self, ids: np.ndarray, candidates: np.ndarray, k: int,
-                         narrow: bool) -> np.ndarray:
+                         narrow: bool, known: np.ndarray | None = None) -> np.ndarray:
         """Top k of each row among its candidates ([rows, N] mask, a superset of the float64
-        top k and its ties), by float64 similarity then index."""
+        top k and its ties), by float64 similarity then index. ``known`` [rows, k]: members
+        already certain as a prefix of each row (-1 after it), not among the candidates;
+        the candidates then fill the remaining slots."""
         counts = np.count_nonzero(candidates, axis=1)
         out = np.empty((len(ids), k), dtype=np.int64)
         many = counts > self.narrow_limit if narrow else np.zeros(len(ids), dtype=bool)
@@ -188,7 +268,12 @@ class _Ranker:
             sims = self.pairs(ids[few][r], cols, dedupe=not narrow)
             order = np.lexsort((cols, -sims, r))
             starts = np.cumsum(counts[few]) - counts[few]
-            out[few] = cols[order][starts[:, None] + np.arange(k)]
+            if known is None:
+                out[few] = cols[order][starts[:, None] + np.arange(k)]
+            else:
+                slots = np.arange(k) - np.count_nonzero(known[few] >= 0, axis=1)[:, None]
+                picked = cols[order][np.minimum(starts[:, None] + np.maximum(slots, 0), len(cols) - 1)]
+                out[few] = np.where(slots >= 0, picked, known[few])
         return out
 
     def _float64_rows(self, ids: np.ndarray, k: int) -> np.ndarray:
@@ -266,13 +351,14 @@ def _knn_float64_topk(X: np.ndarray, topk: int, block_bytes: int, rows=None) -> 
 
 
 def knn_indices(X: np.ndarray, topk: int, block_bytes: int = BLOCK_BYTES, *,
-                stats: dict | None = None) -> np.ndarray:
+                stats: dict | None = None, ordered: bool = True) -> np.ndarray:
     """``[N, topk]`` int64: each row's ``topk`` largest inner products with the other rows,
     in descending order of float64 similarity, ties by index (self excluded): exactly
     ``np.argsort(-sims, axis=1, kind="stable")[:, :topk]`` for the float64 similarities
     ``pair_similarities``, found from float32 blocks of ``block_bytes`` (see the module
-    docstring). ``stats``, if given, is a dict in which the rows of each kind are counted."""
-    return _Ranker(X, block_bytes, stats).neighbours(topk)
+    docstring). ``ordered=False``: the same set per row, in an unspecified order.
+    ``stats``, if given, is a dict in which the rows of each kind are counted."""
+    return _Ranker(X, block_bytes, stats).neighbours(topk, ordered=ordered)
 
 
 def check_topk(topk, n: int) -> int:
@@ -284,10 +370,17 @@ def check_topk(topk, n: int) -> int:
 
 
 def neighbours(X: np.ndarray, topk: int = 10) -> np.ndarray:
-    """``prepare`` for all kNN metrics."""
+    """``prepare`` of the ranked-list kNN metrics: each row's neighbours in order."""
     topk = check_topk(topk, X.shape[0])
     check_not_constant(X, "every similarity ties, so its neighbours are arbitrary")
     return knn_indices(X, topk)
+
+
+def neighbour_sets(X: np.ndarray, topk: int = 10) -> np.ndarray:
+    """``prepare`` of the set kNN metrics: each row's neighbours, in no particular order."""
+    topk = check_topk(topk, X.shape[0])
+    check_not_constant(X, "every similarity ties, so its neighbours are arbitrary")
+    return knn_indices(X, topk, ordered=False)
 
 
 def knn_subsampler(X: np.ndarray, topk: int = 10):
@@ -334,7 +427,7 @@ def permute_neighbours(nn: np.ndarray, perm: np.ndarray) -> np.ndarray:
 
 def shared_counts(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """|kNN_X(i) ∩ kNN_Y(i)| per row (indices within a row are distinct)."""
-    return (nn_x[:, :, None] == nn_y[:, None, :]).sum(axis=(1, 2))
+    return _kernels.shared_counts(np.asarray(nn_x, dtype=np.int64), np.asarray(nn_y, dtype=np.int64))
 
 
 def lcs_lengths(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -366,10 +459,12 @@ def edit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return prev[:, k]
 
 
-_KNN = dict(prepare=neighbours, per_sample=True, permute=permute_neighbours, subsampler=knn_subsampler)
+_KNN = dict(prepare=neighbours, per_sample=True, permute=permute_neighbours, subsampler=knn_subsampler,
+            scratch_input=True)
+_KNN_SETS = {**_KNN, "prepare": neighbour_sets}
 
 
-@register("mutual_knn", **_KNN)
+@register("mutual_knn", **_KNN_SETS)
 def mutual_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """Mean over samples of |kNN_X(i) ∩ kNN_Y(i)| / topk, as PRH.
 
@@ -378,7 +473,7 @@ def mutual_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     return shared_counts(nn_x, nn_y) / nn_x.shape[1]
 
 
-@register("jaccard_knn", **_KNN)
+@register("jaccard_knn", **_KNN_SETS)
 def jaccard_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """Mean over samples of the Jaccard index |kNN_X(i) ∩ kNN_Y(i)| / |kNN_X(i) ∪ kNN_Y(i)|.
 
@@ -388,7 +483,7 @@ def jaccard_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     return shared / (2 * nn_x.shape[1] - shared)
 
 
-@register("cycle_knn", **_KNN)
+@register("cycle_knn", **_KNN_SETS)
 def cycle_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """Fraction of samples i for which some Y-neighbour j of i has i among its X-neighbours
     (the cycle i -> kNN_Y -> kNN_X -> i closes), as PRH's ``knn_A[knn_B]``. Not symmetric.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -25,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from . import metrics
 from .metrics import _kernels
 from .metrics._registry import as_matrix, check_pair, real_matrix, to_numpy
-from .metrics.knn import reuse_buffers, reuse_buffers_in_this_thread, scratch
+from .metrics.knn import reuse_buffers_in_this_thread, scratch
 
 CLIP_METHODS = ("global", "per_sample_mean")
 
@@ -96,12 +95,13 @@ def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
 def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float | None = None,
                  clip_method: str = "global", workers: int | None = None, **params) -> np.ndarray:
     """``[La, Lb]`` scores of ``metric`` between every layer of A ``[N, La, Da]`` and of
-    B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and
-    ``workers`` of A's at a time (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits).
+    B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and one
+    of A's per worker (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits).
 
-    Layers are prepared ``workers`` at a time (default: the CPUs this process may use), one
-    per thread with single-threaded BLAS: the per-layer work that is not BLAS (preprocessing,
-    the kNN scan) then runs in parallel too. Results do not depend on ``workers``.
+    ``workers`` threads (default: the CPUs this process may use) each prepare one layer at a
+    time, B's first, then each of A's against all of B's, with BLAS single-threaded: so the
+    per-layer work that is not BLAS (preprocessing, the kNN scan, comparisons) runs in
+    parallel too. Results do not depend on ``workers``.
     """
     spec = metrics.get(metric)
     prepare_params, compare_params = spec.split_params(params)
@@ -116,60 +116,28 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
     thresholds = [None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
                   for stack in (A, B)]
 
-    def state(job):
-        stack, i, threshold, label = job
+    def state(stack, i, threshold, label):
         # Preprocessed into a reused buffer when the metric's state keeps no reference to it.
         out = scratch("layer", stack[:, i].shape, np.float64) if spec.scratch_input else None
         layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}", out=out)
         return spec.prepare_one(layer, prepare_params)
 
-    jobs_b = [(B, j, thresholds[1], "B") for j in range(B.shape[1])]
-    jobs_a = [(A, i, thresholds[0], "A") for i in range(A.shape[1])]
-    out = np.empty((A.shape[1], B.shape[1]))
-    with _layer_workers(workers) as run:
-        states = run(state, jobs_b + jobs_a)  # one stream: no worker waits between B and A
-        states_b = [next(states) for _ in jobs_b]
-        for i, state_a in enumerate(states):
-            for j, state_b in enumerate(states_b):
-                out[i, j] = spec.compare_pair(state_a, state_b, compare_params)
-    return out
+    def row(i):
+        state_a = state(A, i, thresholds[0], "A")
+        return [spec.compare_pair(state_a, b.result(), compare_params) for b in states_b]
 
-
-class _layer_workers:
-    """``run(fn, jobs)``: the results of ``fn`` over ``jobs`` in order, computed by up to
-    ``workers`` threads (each reusing its own kNN buffers) with at most 2 * ``workers``
-    results ahead of the one consumed; BLAS is single-threaded meanwhile. With one worker:
-    in this thread, BLAS as it is."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self):
-        if self.workers == 1:
-            self._stack.enter_context(reuse_buffers())
-            return lambda fn, jobs: map(fn, jobs)
-        self._stack.enter_context(threadpool_limits(1, user_api="blas"))
-        pool = self._stack.enter_context(
-            ThreadPoolExecutor(self.workers, thread_name_prefix="layer",
-                               initializer=reuse_buffers_in_this_thread)
-        )
-
-        def run(fn, jobs):
-            pending, jobs = deque(), iter(jobs)
-            while True:
-                for job in jobs:
-                    pending.append(pool.submit(fn, job))
-                    if len(pending) >= 2 * self.workers:
-                        break
-                if not pending:
-                    return
-                yield pending.popleft().result()
-
-        return run
-
-    def __exit__(self, *exc):
-        return self._stack.__exit__(*exc)
+    # With one BLAS thread per worker: a second thread pool inside each would oversubscribe.
+    limits = threadpool_limits(1, user_api="blas") if workers > 1 else contextlib.nullcontext()
+    with limits, ThreadPoolExecutor(workers, thread_name_prefix="layer",
+                                    initializer=reuse_buffers_in_this_thread) as pool:
+        try:
+            # B's jobs are queued first, so they all start before any of A's waits on them.
+            states_b = [pool.submit(state, B, j, thresholds[1], "B") for j in range(B.shape[1])]
+            rows = [pool.submit(row, i) for i in range(A.shape[1])]
+            return np.array([r.result() for r in rows], dtype=np.float64)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def best_pair(matrix) -> tuple[int, int, float]:

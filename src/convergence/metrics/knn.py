@@ -35,7 +35,6 @@ one BLAS ssyrk (half a product) and each row's k + 1 largest from a compiled sca
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 
@@ -50,33 +49,23 @@ from ._registry import check_int, check_not_constant, register
 BLOCK_BYTES = 256 * 2**20
 # Gathered row pairs held at once by pair_similarities.
 PAIR_BYTES = 16 * 2**20
-# Buffers up to this size are kept for reuse inside ``reuse_buffers()``: a fresh multi-MB
+# Buffers up to this size are kept for reuse by threads that ask for it: a fresh multi-MB
 # array costs a page fault per 4 KiB, which at N = 1024 is a third of a layer's kNN time.
 SCRATCH_BYTES = 64 * 2**20
 _SCRATCH = threading.local()
 
 
-@contextlib.contextmanager
-def reuse_buffers():
-    """Within this (per thread), kNN work buffers of the same shape are reused between
-    calls instead of allocated afresh; they are freed when it ends."""
-    outer = getattr(_SCRATCH, "buffers", None)
-    _SCRATCH.buffers = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        if outer is None:
-            _SCRATCH.buffers = None
-
-
 def reuse_buffers_in_this_thread() -> None:
-    """``reuse_buffers`` for the rest of this thread's life (a pool's worker threads)."""
+    """From now on, this thread's kNN work buffers of the same shape are reused between
+    calls instead of allocated afresh (for a pool's worker threads: the buffers go with
+    the thread)."""
     _SCRATCH.buffers = {}
 
 
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array: the one kept under ``name`` in ``reuse_buffers()`` if it has
-    this shape and dtype, else a new one (kept there if at most SCRATCH_BYTES)."""
+    """An uninitialised array: the one this thread keeps under ``name`` (see
+    ``reuse_buffers_in_this_thread``) if it has this shape and dtype, else a new one (kept
+    if at most SCRATCH_BYTES)."""
     buffers = getattr(_SCRATCH, "buffers", None)
     dtype = np.dtype(dtype)
     if buffers is not None:

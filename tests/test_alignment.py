@@ -141,6 +141,27 @@ def test_layer_scores_do_not_depend_on_workers(name):
         np.testing.assert_array_equal(layer_scores(A, B, name, workers=workers, **params), one)
 
 
+def test_default_workers_fit_their_memory():
+    from convergence.alignment import WORKER_MEMORY, _default_workers
+
+    knn, cka = metrics.get("mutual_knn"), metrics.get("cka")
+    assert _default_workers(knn, 1024, 768, cpus=16) == 16
+    big = _default_workers(knn, 50_000, 768, cpus=16)
+    assert big == 2 and big * (12 * 50_000 * 768 + 256 * 2**20) <= WORKER_MEMORY
+    assert _default_workers(cka, 20_000, 768, cpus=16) == 1
+    assert _default_workers(cka, 2_000, 768, cpus=4) == 4
+
+
+def test_preprocess_layer_checks_out():
+    A, _ = model_pair(n=20)
+    layer = A[:, 0].astype(np.float64)
+    for out in (np.empty((19, 12)), np.empty((20, 12), dtype=np.float32), layer):
+        with pytest.raises(ValueError, match="out must be a writeable float64 array of shape"):
+            preprocess_layer(layer, out=out)
+    out = np.empty((20, 12))
+    assert preprocess_layer(layer, out=out) is out and np.array_equal(out, preprocess_layer(layer))
+
+
 def test_preprocess_layer_rows_depend_on_their_row_only():
     A, _ = model_pair(n=50)
     full = preprocess_layer(A[:, 1], True, 0.8)

@@ -464,7 +464,7 @@ def test_pair_similarities_do_not_depend_on_batching():
     assert np.array_equal(batched.reshape(60, 60), batched.reshape(60, 60).T)
 
 
-@pytest.mark.parametrize("n, d, k", [(300, 64, 10), (200, 384, 5), (150, 24, 1), (12, 8, 11)])
+@pytest.mark.parametrize("n, d, k", [(300, 64, 10), (200, 384, 5), (150, 24, 1), (12, 8, 11), (200, 16, 70)])
 def test_knn_float32_path_equals_float64_argsort(n, d, k):
     X = np.random.default_rng(n + d).standard_normal((n, d))
     X /= np.linalg.norm(X, axis=1, keepdims=True)

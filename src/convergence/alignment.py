@@ -22,9 +22,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import metrics
-from .metrics import _kernels
+from .metrics import _kernels, knn
 from .metrics._registry import as_matrix, check_pair, real_matrix, to_numpy
-from .metrics.knn import reuse_buffers_in_this_thread, scratch
+from .metrics._scratch import reuse_buffers_in_this_thread, scratch
 
 CLIP_METHODS = ("global", "per_sample_mean")
 
@@ -70,7 +70,11 @@ def preprocess_layer(layer, normalize: bool = True, threshold: float | None = No
     model's layers), then rows to unit L2 norm (all-zero rows stay zero, as F.normalize).
     One compiled pass; each row's result depends on that row only (``out``: where to write)."""
     x = real_matrix(layer, label)
-    out = np.empty(x.shape) if out is None else out
+    if out is None:
+        out = np.empty(x.shape)
+    elif (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != np.float64
+          or not out.flags.writeable or np.shares_memory(out, x)):
+        raise ValueError(f"out must be a writeable float64 array of shape {x.shape}, apart from the layer")
     bad = _kernels.normalize_rows(x, 0.0 if threshold is None else float(threshold),
                                   threshold is not None, normalize, out)
     if bad:
@@ -98,18 +102,22 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
     B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and one
     of A's per worker (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits).
 
-    ``workers`` threads (default: the CPUs this process may use) each prepare one layer at a
-    time, B's first, then each of A's against all of B's, with BLAS single-threaded: so the
-    per-layer work that is not BLAS (preprocessing, the kNN scan, comparisons) runs in
-    parallel too. Results do not depend on ``workers``.
+    ``workers`` threads (default: the CPUs this process may use, fewer where their memory
+    would pass WORKER_MEMORY) each prepare one layer at a time, B's first, then each of A's
+    against all of B's, the cores shared out among their BLAS calls (one each when there are
+    as many layers as cores): so the per-layer work that is not BLAS (preprocessing, the kNN
+    scan, comparisons) runs in parallel too. Results do not depend on ``workers`` beyond the
+    rounding of multi-threaded BLAS (none for the kNN metrics; PWCCA, whose weights hinge on
+    nearly equal canonical correlations, can amplify it to ~1e-4).
     """
     spec = metrics.get(metric)
     prepare_params, compare_params = spec.split_params(params)
     A, B = _as_stack(A, "A"), _as_stack(B, "B")
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = _default_workers(spec, A.shape[0], max(A.shape[2], B.shape[2]), cpus)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     workers = int(min(workers, A.shape[1] + B.shape[1]))
@@ -118,7 +126,7 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
 
     def state(stack, i, threshold, label):
         # Preprocessed into a reused buffer when the metric's state keeps no reference to it.
-        out = scratch("layer", stack[:, i].shape, np.float64) if spec.scratch_input else None
+        out = None if spec.state_refers_to_input else scratch("layer", stack[:, i].shape, np.float64)
         layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}", out=out)
         return spec.prepare_one(layer, prepare_params)
 
@@ -126,8 +134,10 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
         state_a = state(A, i, thresholds[0], "A")
         return [spec.compare_pair(state_a, b.result(), compare_params) for b in states_b]
 
-    # With one BLAS thread per worker: a second thread pool inside each would oversubscribe.
-    limits = threadpool_limits(1, user_api="blas") if workers > 1 else contextlib.nullcontext()
+    # The cores shared out among the workers' BLAS calls (one each when there are as many
+    # workers as cores): more would oversubscribe them.
+    limits = (threadpool_limits(max(1, cpus // workers), user_api="blas") if workers > 1
+              else contextlib.nullcontext())
     with limits, ThreadPoolExecutor(workers, thread_name_prefix="layer",
                                     initializer=reuse_buffers_in_this_thread) as pool:
         try:
@@ -138,6 +148,20 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+# Memory the layer workers may take together by default (each holds its layer in float64,
+# its float32 copy and a similarity block or Gram matrix).
+WORKER_MEMORY = 2 * 2**30
+
+
+def _default_workers(spec, n: int, d: int, cpus: int) -> int:
+    """As many workers as CPUs while their estimated working memory stays in WORKER_MEMORY."""
+    if spec.prepare in (knn.neighbours, knn.neighbour_sets):
+        per_worker = 12 * n * d + min(4 * n * n, knn.BLOCK_BYTES)  # float64 + float32 layer, a block
+    else:
+        per_worker = 8 * n * d + 16 * n * n  # e.g. a Gram matrix and its centred copy
+    return int(max(1, min(cpus, WORKER_MEMORY // per_worker)))
 
 
 def best_pair(matrix) -> tuple[int, int, float]:

@@ -35,7 +35,7 @@ class Metric:
     per_sample: bool
     permute: Callable[[Any, np.ndarray], Any] | None
     subsampler: Callable[..., Callable[[np.ndarray], Any]] | None
-    scratch_input: bool  # prepare's state never refers to X: X's buffer may be reused after
+    state_refers_to_input: bool  # False: prepare's state holds no reference to X (its buffer may be reused)
     defaults: dict[str, Any]
     prepare_params: tuple[str, ...]
     compare_params: tuple[str, ...]
@@ -127,11 +127,12 @@ def register(
     per_sample: bool = False,
     permute: Callable[[Any, np.ndarray], Any] | None = None,
     subsampler: Callable[..., Callable[[np.ndarray], Any]] | None = None,
-    scratch_input: bool = False,
+    state_refers_to_input: bool = True,
 ):
     """Register ``compare`` under ``name``; returns the public ``fn(X, Y, **params) -> float``.
-    ``scratch_input``: the state ``prepare`` returns holds no reference to its input (so
-    ``layer_scores`` may preprocess the next layer into the same buffer)."""
+    ``state_refers_to_input=False`` promises that the state ``prepare`` returns holds no
+    reference to its input (so ``layer_scores`` may preprocess the next layer into the same
+    buffer)."""
 
     def decorate(compare: Callable[..., Any]):
         if name in _REGISTRY:
@@ -150,7 +151,7 @@ def register(
             per_sample=per_sample,
             permute=permute,
             subsampler=subsampler,
-            scratch_input=scratch_input,
+            state_refers_to_input=state_refers_to_input,
             defaults=defaults,
             prepare_params=tuple(prepare_defaults),
             compare_params=tuple(compare_defaults),

@@ -26,22 +26,24 @@ of a row,
 
 So the result is always the float64 ranking; ``stats`` (a dict) counts the rows of each kind.
 With ``ordered=False`` (the set metrics: mutual, Jaccard, cycle) only the members are made
-certain, in float32 order: no re-ranking.
+certain, in no particular order: no re-ranking, and a fallback row ranks in float64 only the
+candidates that are not certain members.
 
-When the whole [N, N] float32 matrix fits in ``block_bytes``, its lower triangle comes from
-one BLAS ssyrk (half a product) and each row's k + 1 largest from a compiled scan of it
-(``_kernels``); otherwise rows are done in blocks of full products and numpy's argpartition.
+When the whole [N, N] float32 matrix fits in ``block_bytes`` (and k < SCAN_WIDTH), its lower
+triangle comes from one BLAS ssyrk (half a product) and each row's k + 1 largest from a
+compiled scan of it (``_kernels``); otherwise rows are done in blocks of full products and
+numpy's argpartition.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import torch
 
 from . import _kernels
+from ._scratch import scratch
 from ._registry import check_int, check_not_constant, register
 
 # Similarity rows held at once: the [block, N] float32 block is the only N-sized buffer,
@@ -49,33 +51,8 @@ from ._registry import check_int, check_not_constant, register
 BLOCK_BYTES = 256 * 2**20
 # Gathered row pairs held at once by pair_similarities.
 PAIR_BYTES = 16 * 2**20
-# Buffers up to this size are kept for reuse by threads that ask for it: a fresh multi-MB
-# array costs a page fault per 4 KiB, which at N = 1024 is a third of a layer's kNN time.
-SCRATCH_BYTES = 64 * 2**20
-_SCRATCH = threading.local()
-
-
-def reuse_buffers_in_this_thread() -> None:
-    """From now on, this thread's kNN work buffers of the same shape are reused between
-    calls instead of allocated afresh (for a pool's worker threads: the buffers go with
-    the thread)."""
-    _SCRATCH.buffers = {}
-
-
-def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised array: the one this thread keeps under ``name`` (see
-    ``reuse_buffers_in_this_thread``) if it has this shape and dtype, else a new one (kept
-    if at most SCRATCH_BYTES)."""
-    buffers = getattr(_SCRATCH, "buffers", None)
-    dtype = np.dtype(dtype)
-    if buffers is not None:
-        kept = buffers.get(name)
-        if kept is not None and kept.shape == tuple(shape) and kept.dtype == dtype:
-            return kept
-    array = np.empty(shape, dtype=dtype)
-    if buffers is not None and array.nbytes <= SCRATCH_BYTES:
-        buffers[name] = array
-    return array
+# Widest (k + 1) the compiled scan takes; wider rankings use blocks and argpartition.
+SCAN_WIDTH = 64
 
 _U32, _U64 = 2.0**-24, 2.0**-53  # unit roundoff
 # Smallest normal numbers: a bound on the absolute error of underflow, flushed to zero or not.
@@ -153,7 +130,7 @@ class _Ranker:
             self.count("legacy", m)
             return _knn_float64_topk(self.X, topk, self.block_bytes, rows)
         width = min(topk + 1, n - 1)
-        if rows is None and 4 * n * n <= self.block_bytes:
+        if rows is None and 4 * n * n <= self.block_bytes and width <= SCAN_WIDTH:
             return self._neighbours_full(topk, width, ordered)
         out = np.empty((m, topk), dtype=np.int64)
         block = max(1, min(m, self.block_bytes // (4 * n)))
@@ -260,8 +237,11 @@ class _Ranker:
             if known is None:
                 out[few] = cols[order][starts[:, None] + np.arange(k)]
             else:
-                slots = np.arange(k) - np.count_nonzero(known[few] >= 0, axis=1)[:, None]
-                picked = cols[order][np.minimum(starts[:, None] + np.maximum(slots, 0), len(cols) - 1)]
+                n_known = np.count_nonzero(known[few] >= 0, axis=1)
+                # the float64 top k lies within the known members and the candidates
+                assert np.all(counts[few] >= k - n_known) and np.all(n_known < k)
+                slots = np.arange(k) - n_known[:, None]
+                picked = cols[order][starts[:, None] + np.maximum(slots, 0)]
                 out[few] = np.where(slots >= 0, picked, known[few])
         return out
 
@@ -449,7 +429,7 @@ def edit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _KNN = dict(prepare=neighbours, per_sample=True, permute=permute_neighbours, subsampler=knn_subsampler,
-            scratch_input=True)
+            state_refers_to_input=False)
 _KNN_SETS = {**_KNN, "prepare": neighbour_sets}
 
 

@@ -19,7 +19,6 @@ runs is reported for layer_scores, one run for the far slower PRH loop).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convergence.alignment import layer_scores, preprocess_layer
+from convergence.alignment import layer_scores, layer_workers, preprocess_layer
 from convergence.metrics.knn import STAT_KEYS, knn_indices, neighbours
 
 TOPK = 10
@@ -145,9 +144,9 @@ def main() -> None:
     la, lb = (5, 4) if args.quick else (13, 9)
     n_memory = 10_000 if args.quick else 50_000
     A, B = features(n, la, dim, seed=1), features(n, lb, dim, seed=2)
-    cores = len(os.sched_getaffinity(0))
     print(f"mutual_knn, topk={TOPK}, N={n}, D={dim}, {la} x {lb} layer pairs, "
-          f"torch threads={torch.get_num_threads()}, layer_scores workers={min(cores, la + lb)}")
+          f"torch threads={torch.get_num_threads()}, "
+          f"layer_scores workers={layer_workers('mutual_knn', n, dim, la + lb)}")
 
     t_ours, ours = best_time(lambda: layer_scores(A, B, "mutual_knn", topk=TOPK), repeats=5)
     t_prh, prh = best_time(lambda: prh_mutual_knn_all_pairs(A, B, TOPK), repeats=1 if not args.quick else 2)

@@ -115,12 +115,7 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
     A, B = _as_stack(A, "A"), _as_stack(B, "B")
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if workers is None:
-        workers = _default_workers(spec, A.shape[0], max(A.shape[2], B.shape[2]), cpus)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    workers = int(min(workers, A.shape[1] + B.shape[1]))
+    workers = layer_workers(metric, A.shape[0], max(A.shape[2], B.shape[2]), A.shape[1] + B.shape[1], workers)
     thresholds = [None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
                   for stack in (A, B)]
 
@@ -136,7 +131,7 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
 
     # The cores shared out among the workers' BLAS calls (one each when there are as many
     # workers as cores): more would oversubscribe them.
-    limits = (threadpool_limits(max(1, cpus // workers), user_api="blas") if workers > 1
+    limits = (threadpool_limits(max(1, available_cpus() // workers), user_api="blas") if workers > 1
               else contextlib.nullcontext())
     with limits, ThreadPoolExecutor(workers, thread_name_prefix="layer",
                                     initializer=reuse_buffers_in_this_thread) as pool:
@@ -153,6 +148,22 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
 # Memory the layer workers may take together by default (each holds its layer in float64,
 # its float32 copy and a similarity block or Gram matrix).
 WORKER_MEMORY = 2 * 2**30
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def layer_workers(metric: str, n: int, d: int, layers: int, workers: int | None = None) -> int:
+    """The threads ``layer_scores`` uses for ``layers`` layers of ``n`` samples (widest ``d``):
+    ``workers`` if given, else as many as CPUs while their memory stays in WORKER_MEMORY;
+    never more than there are layers."""
+    if workers is None:
+        workers = _default_workers(metrics.get(metric), n, d, available_cpus())
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    return int(min(workers, layers))
 
 
 def _default_workers(spec, n: int, d: int, cpus: int) -> int:

@@ -122,7 +122,7 @@ class _Ranker:
 
     def neighbours(self, topk: int, rows: np.ndarray | None = None, ordered: bool = True) -> np.ndarray:
         """``[len(rows), topk]`` neighbours of ``rows`` (all rows if None); in float64 order
-        unless ``ordered`` is False (then the same sets, in float32 order)."""
+        unless ``ordered`` is False (then the same sets, in no particular order)."""
         n = self.n
         m = n if rows is None else len(rows)
         self.count("rows", m)

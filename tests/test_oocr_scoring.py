@@ -1,8 +1,7 @@
-"""OOCR scoring: option likelihoods on a model with known likelihoods, the subprocess lambda
-checker, bootstrap CIs."""
+"""OOCR scoring: option likelihoods on a model with known likelihoods, bootstrap CIs (the lambda
+checker and its sandbox: tests/test_oocr_sandbox.py)."""
 
 import string
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,8 +12,6 @@ from transformers import PreTrainedTokenizerFast
 
 from convergence.oocr.scoring import (
     bootstrap_ci,
-    check_free_form,
-    check_lambda,
     encode_pair,
     one_minus_tvd,
     option_logprobs,
@@ -94,40 +91,6 @@ def test_set_targets_and_tvd():
     assert picks_target(logprobs, [0, 1]) and not picks_target(logprobs, [0, 2])
     assert one_minus_tvd(np.log([0.7, 0.3]), [0.7, 0.3]) == pytest.approx(1.0)
     assert one_minus_tvd(np.log([0.5, 0.5]), [0.8, 0.2]) == pytest.approx(0.7)
-
-
-# --------------------------------------------------------------------------- lambda checker
-
-
-def test_checker_accepts_a_correct_lambda():
-    assert check_lambda("lambda n: 3 * n + 2", [-4, 0, 7], [-10, 2, 23])
-    assert check_free_form(" n // 4\nmore text", {"prefix": "lambda n:", "inputs": [-9, 9], "outputs": [-3, 2]})
-    assert check_free_form(" lambda x: x // 4", {"prefix": "lambda n:", "inputs": [-9, 9], "outputs": [-3, 2]})
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "lambda n: 3 * n + 1",  # wrong on every input
-        "lambda n: n % 2 == 1",  # booleans are not the integers 1/0
-        "lambda n: n +",  # syntax error
-        "lambda n: open('/etc/passwd').read()",  # no such builtin in the child
-        "lambda n: __import__('os').getpid()",
-        "3",  # not a function
-    ],
-)
-def test_checker_rejects_wrong_or_unsafe_answers(source):
-    assert not check_lambda(source, [1, 2], [1, 0])
-
-
-def test_checker_times_out_without_hanging():
-    start = time.perf_counter()
-    assert not check_lambda("lambda n: sum(range(10 ** 18))", [1], [0], timeout=1.0)
-    assert time.perf_counter() - start < 5
-    start = time.perf_counter()
-    assert not check_lambda("while True: pass", [1], [0], timeout=1.0)  # a statement, not a lambda
-    assert not check_lambda("lambda n: [0 for _ in iter(int, 1)]", [1], [0], timeout=1.0)
-    assert time.perf_counter() - start < 5
 
 
 # --------------------------------------------------------------------------- bootstrap

@@ -8,19 +8,14 @@ item's options: P(target) = softmax(logliks)[target].
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-RUNNER = Path(__file__).with_name("_lambda_runner.py")
+from convergence.oocr.sandbox import run_in_sandbox
+
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -298,29 +293,10 @@ def check_free_form(generated: str, check: dict, timeout: float = 2.0) -> bool:
 def check_lambda(source: str, inputs: Sequence, expected: Sequence, timeout: float = 2.0) -> bool:
     """Whether the lambda expression `source` maps every input to its expected output.
 
-    The text comes from a model, so it is never evaluated here: a separate, isolated Python
-    process with restricted builtins and CPU/memory limits runs it, and is killed (with anything
-    it started) after `timeout` seconds.
+    The text comes from a model, so it is never evaluated here: `sandbox.run_in_sandbox` checks it
+    against a syntax whitelist and runs it in a locked-down child process with `timeout` CPU seconds.
     """
-    request = json.dumps({"source": source, "inputs": list(inputs), "cpu_seconds": math.ceil(timeout) + 1})
-    process = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(RUNNER)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its own process group, so a kill reaches all of it
-    )
-    try:
-        stdout, _ = process.communicate(request, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        return False
-    try:
-        reply = json.loads(stdout)
-    except json.JSONDecodeError:
-        return False
+    reply = run_in_sandbox(source, list(inputs), cpu_seconds=timeout)
     return bool(reply.get("ok")) and _all_equal(reply["outputs"], expected)
 
 

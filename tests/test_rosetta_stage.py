@@ -31,16 +31,24 @@ from convergence.rosetta.stage import (
     rosetta_sets_from_pairs,
 )
 from convergence.datasets import read_samples
-from convergence.units import UnitsError, extract_units, split_words
+from convergence.rosetta.units import UnitsError, extract_units, split_words
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test (the machine is shared); the caller's setting comes back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 N_SAMPLES, PER_SAMPLE = 60, 8  # 480 positions
 
 
 def write_units_store(path, acts: np.ndarray, model: str, sample_ids=None, unit_pos=None, positions="word",
                       grid=None, layers=None):
-    """A units store in the layout of convergence.units (position, layer, neuron), written with xarray."""
+    """A units store in the layout of convergence.rosetta.units (position, layer, neuron), written with xarray."""
     n, n_layers, _ = acts.shape
     if sample_ids is None:
         sample_ids = [f"s{i // PER_SAMPLE:03d}" for i in range(n)]

@@ -12,7 +12,7 @@ import xarray as xr
 
 from convergence.datasets import read_samples, write_samples
 from convergence.models import load_model
-from convergence.units import (
+from convergence.rosetta.units import (
     UnitsError,
     extract_units,
     open_units,
@@ -21,7 +21,15 @@ from convergence.units import (
     word_token_weights,
 )
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test (the machine is shared); the caller's setting comes back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 LANGUAGE = ["llama", "gemma3", "bert", "mpnet"]
 

@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from convergence.units import open_units, units_array  # noqa: E402
+from convergence.rosetta.units import open_units, units_array  # noqa: E402
 from convergence.utils import atomic_path  # noqa: E402
 
 from .stage import read_summary, read_table, set_models  # noqa: E402

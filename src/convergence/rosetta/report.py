@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from convergence.units import open_units
+from convergence.rosetta.units import open_units
 
 from . import figures
 from .stage import null_excess_table, read_summary, rosetta_sets_from_pairs, save_table

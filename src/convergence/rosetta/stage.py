@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from convergence.units import POSITION_DIM, UnitsError, open_units, units_array
+from convergence.rosetta.units import POSITION_DIM, UnitsError, open_units, units_array
 from convergence.utils import atomic_path
 
 from .correlation import pearson

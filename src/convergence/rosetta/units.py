@@ -407,7 +407,7 @@ REQUIRED_ATTRS = ("model", "modality", "positions", "n_positions", "layers")
 def open_units(path: str | Path) -> xr.Dataset:
     """Open a units store lazily and check it is complete (layout, attributes, number of positions)."""
     return open_checked(path, UNITS_DIMS, REQUIRED_ATTRS, ("sample_id", "unit_pos"), "n_positions",
-                        "convergence.units", error=UnitsError)
+                        "convergence.rosetta.units", error=UnitsError)
 
 
 def units_array(path: str | Path):

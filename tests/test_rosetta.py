@@ -7,6 +7,8 @@ import pytest
 import torch
 import zarr
 
+from convergence.rosetta import correlation
+
 from convergence.rosetta import (
     LayerView,
     PearsonAccumulator,
@@ -141,16 +143,25 @@ def test_pearson_keeps_float64_precision_of_float64_inputs():
     assert np.abs(pearson(a, b, chunk_size=99).r - np.corrcoef(a.T, b.T)[:6, 6:]).max() <= TOLERANCE
 
 
-def test_float64_gemm_for_massive_outliers():
-    """One position 1e4 × the spread (LM "massive activations"): float32 sums lose ~1e-5, float64 not."""
-    rng = np.random.default_rng(4)
-    latent = rng.standard_normal((4000, 4))
-    a = np.maximum(latent @ rng.standard_normal((4, 10)) - 1.5, 0).astype(np.float32)  # sparse, ReLU-like
-    b = (latent @ rng.standard_normal((4, 8)) + rng.standard_normal((4000, 8)) + 50).astype(np.float32)
+def massive_activations(n=4000, seed=4):
+    """Sparse ReLU-like units and offset units; position 0 is 1e4 × the spread (LM "massive activations")."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n, 4))
+    a = np.maximum(latent @ rng.standard_normal((4, 10)) - 1.5, 0).astype(np.float32)
+    b = (latent @ rng.standard_normal((4, 8)) + rng.standard_normal((n, 8)) + 50).astype(np.float32)
     a[0, :4], b[0] = 1e4, 3e4
+    return a, b
+
+
+def test_pearson_exact_on_massive_outliers(monkeypatch):
+    """Outlier rows are summed in float64: the float32 path stays within 1e-6."""
+    a, b = massive_activations()
     expected = reference_r(a, b)
-    assert np.abs(pearson(a, b).r - expected).max() > 1e-6
+    assert np.abs(pearson(a, b).r - expected).max() <= TOLERANCE
     assert np.abs(pearson(a, b, gemm_dtype=np.float64, dtype=np.float64).r - expected).max() <= 1e-9
+    # The data defeat a float32 GEMM that sums the outlier row with the rest (~1e-5).
+    monkeypatch.setattr(correlation, "OUTLIER_RATIO", np.inf)
+    assert np.abs(pearson(a, b).r - expected).max() > 1e-6
 
 
 def test_pearson_result_fields_and_unpacking():

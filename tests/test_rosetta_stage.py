@@ -11,7 +11,7 @@ import pytest
 import torch
 import xarray as xr
 
-from convergence.rosetta import mutual_matches
+from convergence.rosetta import mutual_matches, pearson
 from convergence.rosetta.figures import (
     image_units_figure,
     match_summary_figure,
@@ -23,6 +23,7 @@ from convergence.rosetta.stage import (
     FlatUnits,
     correlate_units,
     layer_rotations,
+    rotated_correlations,
     unit_moments,
     load_correlation,
     match_units,
@@ -31,7 +32,7 @@ from convergence.rosetta.stage import (
     rosetta_sets_from_pairs,
 )
 from convergence.datasets import read_samples
-from convergence.rosetta.units import UnitsError, extract_units, split_words
+from convergence.rosetta.units import UnitsError, extract_units, split_words, units_array
 
 
 @pytest.fixture(autouse=True)
@@ -118,9 +119,17 @@ def test_planted_units_are_the_strong_strict_matches_far_above_the_rotation_null
     assert summary["strict"]["null_max_abs_r"] < 0.8
     # ...and the null finds no strong match at all (6 vs 0), nor the same mean r.
     c = load_correlation(corr[("a", "b")])
-    null_strict = mutual_matches(c.null, 1)
-    assert (null_strict.r > 0.8).sum() == 0 and len(null_strict) == summary["strict"]["matches_null"]
+    assert len(c.nulls) == 20 and c.meta["null_draws"] == 20  # the default R
+    null_counts = np.array([len(mutual_matches(n, 1)) for n in c.nulls])
+    assert max((mutual_matches(n, 1).r > 0.8).sum() for n in c.nulls) == 0
+    strict_rep = summary["strict"]
+    assert strict_rep["matches_null"] == pytest.approx(null_counts.mean())
+    assert strict_rep["matches_null_sd"] == pytest.approx(null_counts.std(ddof=1))
+    assert strict_rep["z_matches"] == pytest.approx((strict_rep["matches_observed"] - null_counts.mean())
+                                                    / null_counts.std(ddof=1))
+    assert strict_rep["p_matches"] == (1 + (null_counts >= strict_rep["matches_observed"]).sum()) / 21
     assert summary["strict"]["mean_r_observed"] > summary["strict"]["mean_r_null"] + 0.15
+    assert summary["strict"]["z_mean_r"] > 3 and summary["strict"]["p_mean_r"] == pytest.approx(1 / 21)
     # Relaxed matches contain the strict ones; Hungarian ran (the matrix is small enough to keep).
     relaxed = table[table["kind"] == "relaxed"]
     key = ["unit_a", "unit_b"]
@@ -132,7 +141,7 @@ def test_planted_units_are_the_strong_strict_matches_far_above_the_rotation_null
     # Per layer pair statistics add up to the totals.
     per_pair = pd.DataFrame(summary["layer_pairs"])
     assert len(per_pair) == 2 * 3 and per_pair["strict"].sum() == summary["strict"]["matches_observed"]
-    assert per_pair["null_strict"].sum() == summary["strict"]["matches_null"]
+    assert per_pair["null_strict"].sum() == pytest.approx(summary["strict"]["matches_null"])
     assert summary["model_a"] == "a" and summary["model_b"] == "b" and summary["n_positions"] == 480
     assert not list(root.glob(".*tmp*"))  # atomic writes leave nothing behind
 
@@ -182,6 +191,28 @@ def test_rotation_null_view_z_scores_then_rotates_each_layer():
     want = np.concatenate([z[:, :4] @ q[0], z[:, 4:] @ q[1]], axis=1)
     got = FlatUnits(acts, [0, 2], q, mean, std)[0:301]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_rotation_nulls_from_sigma_equal_streaming_the_rotated_data(planted):
+    """diag(QᵀΣQ)^(-1/2) Qᵀ R from one pass equals Pearson of the rotated, z-scored units streamed again."""
+    root, paths, where, corr = planted
+    a, b = FlatUnits(units_array(paths[0])), FlatUnits(units_array(paths[1]))  # 2 layers of 16, 3 of 12
+    blocks = [(0, 16), (16, 32)]
+    observed = pearson(a, b, chunk_size=100, self_blocks=blocks)
+    self_r = observed.self_r
+    reference = np.corrcoef(np.asarray(a[0:480], np.float64).T)
+    for lo, hi in blocks:  # Σ per layer is A's own correlation matrix
+        np.testing.assert_allclose(self_r[blocks.index((lo, hi))], reference[lo:hi, lo:hi], atol=1e-6)
+    mean, std = unit_moments(a)
+    for seed in (1, 2, 3):
+        q = layer_rotations(2, 16, seed)
+        fast, const = rotated_correlations(observed.r, self_r, q)
+        streamed = pearson(FlatUnits(units_array(paths[0]), None, q, mean, std), b, chunk_size=100)
+        assert not const.any()
+        np.testing.assert_allclose(fast, streamed.r, atol=2e-6)
+    # The file's draws are these products (B is narrower, so B is the rotated side of this pair).
+    c = load_correlation(corr[("a", "b")])
+    assert c.meta["null_rotated"] == "b" and c.meta["column_blocks"] == 1
 
 
 def test_layer_subsets(planted, tmp_path):
@@ -266,6 +297,8 @@ def _units(tiny_models, samples, arch, out, **kw):
     spec = {"source": f"local:{tiny_models[arch]}", "batch_size": 8}
     if arch in ("vit", "dinov2", "resnet"):
         spec["modality"] = "vision"
+    else:
+        spec["units_layers"] = [1, 2]  # MLP units (the default for language models): blocks 0 and 1
     return extract_units(samples, spec, out, model_name=arch, progress=False, **kw)
 
 
@@ -275,7 +308,7 @@ def test_image_figures_for_a_tiny_vision_run(tiny_models, scenes_small, tmp_path
     corr = {(a, b): correlate_units(units[a], units[b], tmp_path / f"{a}__{b}.npz", k=3)
             for a, b in [("vit", "dinov2"), ("vit", "resnet"), ("dinov2", "resnet")]}
     matches, summary = match_units(corr[("vit", "resnet")], tmp_path / "vit__resnet.parquet", k_relaxed=3)
-    sets, _ = rosetta_sets_from_pairs(corr, models, tmp_path / "sets.parquet", k=3)
+    sets, _ = rosetta_sets_from_pairs(corr, models, tmp_path / "sets.parquet", k_back=3)
     assert len(read_table(sets)) > 0
     outputs = [
         image_units_figure(sets, units, scenes_small[0], tmp_path / "fig" / "sets.png", top_sets=2, top_images=2),

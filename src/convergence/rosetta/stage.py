@@ -13,16 +13,20 @@ Every function reads and writes files (atomically) so that Snakemake rules stay 
 
 Correlation file (`.npz`, `load_correlation` reads it):
 
-- `obs_<field>` / `null_<field>` for the fields of `TopKPartners` (`a_index`, `a_r`, `b_index`, `b_r`,
-  `const_a`, `const_b`, `max_abs_r`, `absolute`): observed, and the rotation null when it was computed;
+- `obs_<field>` for the fields of `TopKPartners` (`a_index`, `a_r`, `b_index`, `b_r`, `const_a`,
+  `const_b`, `max_abs_r`, `absolute`): observed; `null_<field>`: the same with a leading axis of R
+  rotation-null draws (indices int32), when the null was computed;
 - `units_a_layer`, `units_a_neuron` `[Da]` (and `units_b_*`): the (hidden-state layer, neuron) of each
   flat unit index (flat index = layer slot * width + neuron);
 - `obs_dense`, `null_dense` `[Da, Db]` float32, only when `Da * Db <= dense_max_entries` (small pairs;
   enables Hungarian matching);
 - `meta`: a JSON string (models, dataset, positions, k, seed, layers, timings, ...).
 
-Rotation null: within every layer of A, the units are z-scored and then mixed by a Haar-random
-orthogonal matrix (block-diagonal over layers, one seeded rotation per layer). This keeps each layer's
+Rotation null (R seeded draws): within every layer of one model (the one with narrower layers), the units
+are z-scored and then mixed by a Haar-random orthogonal matrix (block-diagonal over layers, one rotation
+per layer and draw). No draw reads the data again: Pearson of the rotated units with B is
+diag(QᵀΣQ)^(-1/2)·QᵀR per layer, Σ the layer's correlation matrix (accumulated in the observed pass) and R
+the observed correlations (`rotated_correlations`). This keeps each layer's
 information (and its correlation structure up to rotation) but removes its privileged unit basis; the
 matches found on it are chance matches. Units are z-scored first because Pearson ignores unit scales and
 the null must too: rotating raw values lets a few high-variance units (e.g. LM "massive activation"

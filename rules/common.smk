@@ -112,6 +112,13 @@ def alignment_targets():
     ]
 
 
+def rosetta_pair_trained(a, b):
+    """Rotation nulls are drawn for pairs of trained models only: a random-init control is a null itself."""
+    return all(
+        config["models"][m].get("init", "pretrained") == "pretrained" for m in (a, b)
+    )
+
+
 def rosetta_set_pairs(dataset, modality):
     """Every pair of the group's trained models (sets are cycle-checked), in stored (sorted) orientation."""
     models = sorted(rosetta_set_models(config, dataset, modality))

@@ -43,8 +43,11 @@ rule correlate_pair:
         runtime=60,
     params:
         k=ROSETTA["k"],
+        null_k=max(ROSETTA["k_relaxed"], ROSETTA["k_back"]),
         seed=ROSETTA["seed"],
-        rotation_null=ROSETTA["rotation_null"],
+        rotation_null=lambda wc: ROSETTA["rotation_null"]
+        and rosetta_pair_trained(wc.a, wc.b),
+        null_draws=ROSETTA["null_draws"],
     script:
         "../scripts/correlate_pair.py"
 
@@ -86,6 +89,7 @@ rule rosetta_sets:
         pairs=lambda wc: rosetta_set_pairs(wc.dataset, wc.modality),
         models=lambda wc: rosetta_set_models(config, wc.dataset, wc.modality),
         anchor=lambda wc: ROSETTA["anchor"].get(wc.modality),
+        k_back=ROSETTA["k_back"],
     script:
         "../scripts/rosetta_sets.py"
 

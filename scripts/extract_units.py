@@ -1,4 +1,4 @@
-from convergence.units import extract_units
+from convergence.rosetta.units import extract_units
 from convergence.config import RUN_KEYS, spec_for
 from convergence.utils import log_to
 

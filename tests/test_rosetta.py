@@ -7,6 +7,8 @@ import pytest
 import torch
 import zarr
 
+from convergence.rosetta import correlation
+
 from convergence.rosetta import (
     LayerView,
     PearsonAccumulator,
@@ -15,6 +17,7 @@ from convergence.rosetta import (
     compare_to_null,
     hungarian,
     mutual_matches,
+    null_band,
     pearson,
     pearson_topk,
     random_rotation,
@@ -141,16 +144,25 @@ def test_pearson_keeps_float64_precision_of_float64_inputs():
     assert np.abs(pearson(a, b, chunk_size=99).r - np.corrcoef(a.T, b.T)[:6, 6:]).max() <= TOLERANCE
 
 
-def test_float64_gemm_for_massive_outliers():
-    """One position 1e4 × the spread (LM "massive activations"): float32 sums lose ~1e-5, float64 not."""
-    rng = np.random.default_rng(4)
-    latent = rng.standard_normal((4000, 4))
-    a = np.maximum(latent @ rng.standard_normal((4, 10)) - 1.5, 0).astype(np.float32)  # sparse, ReLU-like
-    b = (latent @ rng.standard_normal((4, 8)) + rng.standard_normal((4000, 8)) + 50).astype(np.float32)
+def massive_activations(n=4000, seed=4):
+    """Sparse ReLU-like units and offset units; position 0 is 1e4 × the spread (LM "massive activations")."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n, 4))
+    a = np.maximum(latent @ rng.standard_normal((4, 10)) - 1.5, 0).astype(np.float32)
+    b = (latent @ rng.standard_normal((4, 8)) + rng.standard_normal((n, 8)) + 50).astype(np.float32)
     a[0, :4], b[0] = 1e4, 3e4
+    return a, b
+
+
+def test_pearson_exact_on_massive_outliers(monkeypatch):
+    """Outlier rows are summed in float64: the float32 path stays within 1e-6."""
+    a, b = massive_activations()
     expected = reference_r(a, b)
-    assert np.abs(pearson(a, b).r - expected).max() > 1e-6
+    assert np.abs(pearson(a, b).r - expected).max() <= TOLERANCE
     assert np.abs(pearson(a, b, gemm_dtype=np.float64, dtype=np.float64).r - expected).max() <= 1e-9
+    # The data defeat a float32 GEMM that sums the outlier row with the rest (~1e-5).
+    monkeypatch.setattr(correlation, "OUTLIER_RATIO", np.inf)
+    assert np.abs(pearson(a, b).r - expected).max() > 1e-6
 
 
 def test_pearson_result_fields_and_unpacking():
@@ -359,6 +371,8 @@ def test_hungarian_recovers_a_planted_permutation():
 def test_random_rotation_is_orthogonal_and_seeded():
     q = random_rotation(16, seed=3)
     np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-12)
+    big = random_rotation(300, seed=5)  # truly orthogonal, not merely normalised rows (cf. Gurnee et al.)
+    np.testing.assert_allclose(big.T @ big, np.eye(300), atol=1e-12)
     np.testing.assert_array_equal(q, random_rotation(16, seed=3))
     assert not np.allclose(q, random_rotation(16, seed=4))
 
@@ -394,3 +408,28 @@ def test_rotated_basis_yields_no_matches_above_the_null():
     assert report.above_null_max <= 1
     assert abs(report.excess_mean_r) < 0.1
     assert report.null_draws == 5
+
+
+def test_reference_anchor_criterion_reciprocates_within_k_back():
+    """Anchor unit 0's best partner in b ranks it 3rd: in a reference set (k_back=5), not in a strict one."""
+    ab = np.array([[0.9, 0.1, 0.0, 0.0],
+                   [0.95, 0.2, 0.1, 0.0],
+                   [0.92, 0.0, 0.3, 0.1],
+                   [0.1, 0.0, 0.0, 0.8]])  # column 0 ranks anchor units 1, 2, 0, 3
+    ac = np.eye(4) * 0.7 + 0.05
+    bc = np.full((4, 4), 0.01)
+    pairs = {("a", "b"): ab, ("a", "c"): ac, ("b", "c"): bc}
+    reference = rosetta_sets(pairs, ["a", "b", "c"], k=1, k_back=5)
+    strict = rosetta_sets(pairs, ["a", "b", "c"], k=1, k_back=1)
+    # b's unit 0 is the best partner of anchor units 0, 1, 2 (ranking them 3rd, 1st, 2nd): no one-to-one rule.
+    assert {tuple(u) for u in reference.units.tolist()} == {(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 3, 3)}
+    assert {tuple(u) for u in strict.units.tolist()} == {(1, 0, 1), (3, 3, 3)}
+    assert not len(rosetta_sets(pairs, ["a", "b", "c"], k=1, k_back=1, cycle=True))  # b-c never match
+
+
+def test_null_band_by_hand():
+    band = null_band(10, [4, 6, 5, 5, 10])
+    assert band["null"] == 6.0 and band["null_sd"] == pytest.approx(np.std([4, 6, 5, 5, 10], ddof=1))
+    assert band["z"] == pytest.approx(4 / band["null_sd"]) and band["p"] == pytest.approx(2 / 6)  # one draw ties
+    assert np.isnan(null_band(3, [3.0])["z"]) and null_band(3, [3.0])["null_sd"] == 0.0
+    assert null_band(1.0, [np.nan, 0.5, 0.7])["draws"] == 2

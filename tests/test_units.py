@@ -12,7 +12,7 @@ import xarray as xr
 
 from convergence.datasets import read_samples, write_samples
 from convergence.models import load_model
-from convergence.units import (
+from convergence.rosetta.units import (
     UnitsError,
     extract_units,
     open_units,
@@ -21,7 +21,15 @@ from convergence.units import (
     word_token_weights,
 )
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test (the machine is shared); the caller's setting comes back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 LANGUAGE = ["llama", "gemma3", "bert", "mpnet"]
 
@@ -30,6 +38,8 @@ def _units(tiny_models, samples, arch, out, **kw):
     spec = {"source": f"local:{tiny_models[arch]}", "batch_size": 7}
     if arch in ("vit", "dinov2", "clip", "resnet"):
         spec["modality"] = "vision"
+    else:
+        spec["units"] = "residual"  # hidden states, compared with the model's own output below
     spec.update(kw.pop("spec", {}))
     return extract_units(samples, spec, out, model_name=arch, dataset_name="d", progress=False,
                          store_dtype="float32", **kw)
@@ -173,7 +183,7 @@ def subword_model(tmp_path_factory):
 
 def test_subword_tokens_are_averaged_into_words(subword_model, tmp_path):
     folder, samples = subword_model
-    spec = {"source": f"local:{folder}", "batch_size": 3}
+    spec = {"source": f"local:{folder}", "batch_size": 3, "units": "residual"}
     ds = xr.open_zarr(extract_units(samples, spec, tmp_path / "u.zarr", model_name="bpe", progress=False,
                                     store_dtype="float32", layers=[0, 2]))
     lm = load_model(spec)
@@ -198,10 +208,11 @@ def test_truncated_words_raise_naming_the_sample(tiny_models, scenes_small, tmp_
     assert list(tmp_path.iterdir()) == []  # neither the store nor its temp sibling
 
 
-def test_default_store_dtype_is_float16_and_layers_from_spec(tiny_models, scenes_small, tmp_path):
+def test_defaults_float16_mlp_units_and_layers_from_spec(tiny_models, scenes_small, tmp_path):
     spec = {"source": f"local:{tiny_models['bert']}", "units_layers": [-1]}
     ds = open_units(extract_units(scenes_small[0], spec, tmp_path / "u.zarr", model_name="bert", progress=False))
     assert ds["activations"].dtype == np.float16 and ds["layer"].values.tolist() == [2]
+    assert ds.attrs["units"] == "mlp" and ds.sizes["neuron"] == 64  # a language model's default: MLP neurons
 
 
 # ---------------------------------------------------------------- vision stores
@@ -249,3 +260,85 @@ def test_spatial_units_drop_prefix_tokens_and_need_one_width():
                                cnn[:, :, 1::3, 1::3].flatten(2).transpose(1, 2).numpy(), atol=1e-6)
     with pytest.raises(UnitsError, match=r"differ in width \(0: 5, 1: 8\).*units_layers"):
         spatial_units([cnn, torch.randn(b, 8, 3, 3)], [0, 1], grid=2)
+
+
+# ---------------------------------------------------------------- MLP units
+
+
+def _mlp_by_other_hooks(lm, text: str, block: int) -> torch.Tensor:
+    """Post-activation MLP units of one block by another route: hooks on the MLP's own sub-layers.
+
+    Llama/Gemma: act_fn(gate_proj out) * up_proj out; BERT/MPNet: intermediate_act_fn(intermediate.dense out).
+    Returns `[T, D_mlp]` for the tokens of `text`.
+    """
+    net = lm.model.base_model
+    blocks = net.layers if hasattr(net, "layers") else net.encoder.layer
+    seen = {}
+    if hasattr(blocks[block], "mlp"):
+        mlp = blocks[block].mlp
+        hooks = [mlp.gate_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("gate", o)),
+                 mlp.up_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("up", o))]
+    else:
+        inter = blocks[block].intermediate
+        hooks = [inter.dense.register_forward_hook(lambda m, i, o: seen.__setitem__("dense", o))]
+    enc = lm.processor(text, return_tensors="pt")
+    try:
+        with torch.inference_mode():
+            net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    finally:
+        for h in hooks:
+            h.remove()
+    if "gate" in seen:
+        return (blocks[block].mlp.act_fn(seen["gate"]) * seen["up"])[0]
+    return blocks[block].intermediate.intermediate_act_fn(seen["dense"])[0]
+
+
+@pytest.mark.parametrize("arch", LANGUAGE)
+def test_mlp_units_are_the_post_activation_neurons_averaged_per_word(tiny_models, scenes_small, tmp_path, arch):
+    samples = scenes_small[0]
+    out = _units(tiny_models, samples, arch, tmp_path / "u.zarr", layers=[1, 2], spec={"units": "mlp"})
+    ds = open_units(out)
+    assert ds.attrs["units"] == "mlp" and ds.sizes["neuron"] == 64  # intermediate_size, not hidden_size (32)
+    lm = load_model({"source": f"local:{tiny_models[arch]}"})
+    df, _ = read_samples(samples)
+    acts = ds["activations"].values
+    sample_ids = ds["sample_id"].values
+    for row in (0, 7):
+        text, sid = df["text"].iloc[row], df["sample_id"].iloc[row]
+        _, words, word_ids = hand_word_activations(lm, text)
+        mine = acts[sample_ids == sid]
+        assert len(mine) == len(words)
+        for slot, layer in enumerate([1, 2]):
+            units = _mlp_by_other_hooks(lm, text, layer - 1).numpy()
+            enc = lm.processor(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+            from convergence.rosetta.units import word_token_weights
+
+            weights = word_token_weights(words, enc["offset_mapping"], enc["special_tokens_mask"], sid)
+            np.testing.assert_allclose(mine[:, slot], weights @ units, rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_units_name_the_model_and_modules_when_no_mlp_is_found():
+    from convergence.rosetta.units import mlp_sites
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ffn = torch.nn.Linear(4, 4)
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+    with pytest.raises(UnitsError, match=r"found no MLP in Odd block 0 \(Block\); searched blocks\.0\.mlp\.down_proj, "
+                                         r"blocks\.0\.intermediate, .*blocks\.0\.fc2"):
+        mlp_sites(Odd(), [1], n_hidden_states=3)
+    with pytest.raises(UnitsError, match="Odd: found no list of 5 transformer blocks"):
+        mlp_sites(Odd(), [1], n_hidden_states=6)
+    with pytest.raises(UnitsError, match="units: mlp has no layer 0"):
+        mlp_sites(Odd(), [0, 1], n_hidden_states=3)
+
+
+def test_mlp_units_are_for_language_models_only(tiny_models, scenes_small, tmp_path):
+    with pytest.raises(UnitsError, match="units: mlp is for language models"):
+        _units(tiny_models, scenes_small[0], "vit", tmp_path / "v.zarr", spec={"units": "mlp"})

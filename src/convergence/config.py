@@ -170,6 +170,15 @@ def _check_alignment(config: dict) -> None:
             raise ConfigError(f"config key 'oocr.models': unknown model '{name}'")
         if spec["modality"] != "language" or spec.get("kind", "auto") in ("encoder", "vision"):
             raise ConfigError(f"config key 'oocr.models': '{name}' must be a causal language model")
+    for name, spec in config["models"].items():
+        kind = spec.get("units") or ("mlp" if spec["modality"] == "language" else "residual")
+        if kind == "mlp" and spec["modality"] != "language":
+            raise ConfigError(f"config key 'models.{name}.units': mlp is for language models; vision models use "
+                              "their feature maps or patch tokens (units: residual)")
+        layers = spec.get("units_layers", "all")
+        if kind == "mlp" and isinstance(layers, list) and 0 in layers:
+            raise ConfigError(f"config key 'models.{name}.units_layers': layer 0 is the embedding output, which "
+                              "no MLP computes; choose blocks' hidden states (1 and up) or set units: residual")
     for modality, anchor in ro.get("anchor", {}).items():
         if anchor not in config["models"] or config["models"][anchor]["modality"] != modality:
             raise ConfigError(f"config key 'rosetta.anchor.{modality}': '{anchor}' is not a {modality} model")
@@ -197,7 +206,7 @@ def model_pairs(config: dict, dataset: str) -> list[tuple[str, str]]:
 IDENTITY_KEYS = ("source", "revision", "gguf_file", "modality", "kind", "init", "seed", "dtype",
                  "trust_remote_code", "max_length")
 EXTRACT_KEYS = IDENTITY_KEYS + ("pooling", "layers", "store_dtype")
-UNITS_KEYS = IDENTITY_KEYS + ("units_layers",)
+UNITS_KEYS = IDENTITY_KEYS + ("units", "units_layers")
 
 
 RUN_KEYS = ("batch_size", "device")

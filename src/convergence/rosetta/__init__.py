@@ -7,7 +7,7 @@ matches exceed chance. No models, no files: inputs are arrays (numpy, torch, zar
 """
 
 from .matching import Matches, TopKPartners, as_partners, hungarian, mutual_matches, pearson_topk, topk_partners
-from .null import NullReport, compare_to_null, random_rotation, rotation_null
+from .null import NullReport, compare_to_null, null_band, random_rotation, rotation_null
 from .correlation import PearsonAccumulator, PearsonResult, pearson
 from .sets import RosettaSets, rosetta_sets
 from .sources import LayerView, RotatedView
@@ -25,6 +25,7 @@ __all__ = [
     "compare_to_null",
     "hungarian",
     "mutual_matches",
+    "null_band",
     "pearson",
     "pearson_topk",
     "random_rotation",

@@ -1,19 +1,25 @@
 """Exact Pearson correlation between every unit of A and every unit of B, streamed over positions.
 
 Why not the textbook one-pass formula `(Σxy − ΣxΣy/N) / ...` in float32: activations carry large
-offsets (mean ≫ std), and the subtraction then cancels nearly all digits. Why not two passes:
-the data would be read twice. Instead, per chunk of rows:
+offsets (mean ≫ std), and the subtraction then cancels nearly all digits. Why not two passes: the data
+would be read twice. Instead, per chunk of rows, one GEMM and one pass over each side:
 
-1. subtract the chunk's own per-unit mean, rounded to the input precision (the subtraction is then
-   exact or relative to the centred value, never to the offset);
-2. one float32 GEMM of the centred chunk (the only O(N·Da·Db) work, at BLAS speed; float64 on
-   request, for data with extreme outliers);
-3. accumulate in float64 and merge chunks exactly (Chan et al.'s pairwise update): the rank-one
-   corrections of the chunks are stacked and applied as one small float64 GEMM once `FLUSH_ROWS`
-   are pending, so they cost nothing next to the main GEMM.
+1. a per-unit shift: the median of a few rows of the chunk (`SHIFT_ROWS`), rounded to the input precision,
+   so it lies inside the bulk of the values whatever the offsets and however the means drift between
+   chunks, and a single outlier row (LM "massive activations") does not move it. O(D) per chunk;
+2. one fused pass (`_centring.centre_rows`, numba, one thread per block of rows): subtract the shift,
+   write the float32 GEMM operand, accumulate per-unit sums, sums of squares and largest |value| in
+   float64;
+3. rows that hold a value beyond `OUTLIER_RATIO` × the unit's spread in the chunk are taken out of the
+   float32 GEMM and added exactly in float64 (a few rows: the float32 sum would carry their huge terms'
+   rounding into every other term of the unit);
+4. one float32 GEMM of the centred chunk (the only O(N·Da·Db) work, at BLAS speed) added to float64
+   co-moments; the shifts are corrected exactly in float64 (two rank-one terms per chunk, stacked and
+   applied as one small GEMM every `FLUSH_ROWS`).
 
-Per-unit sums and sums of squares of each centred chunk are float32 over short blocks of rows,
-added in float64 (see `SUM_BLOCK`).
+Measured bound (float32 GEMM): |r − float64 corrcoef| ≤ 1e-6 on offsets of 1e3 × std, means drifting
+between chunks, single positions 1e4 × a unit's spread, and real SmolLM2-135M units (residual and MLP;
+see tests/test_rosetta.py). `gemm_dtype=np.float64` brings it to ~1e-12 at about half the speed.
 
 Memory is O(Da·Db + chunk_size·(Da+Db)), independent of N.
 """
@@ -23,11 +29,12 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ._centring import centre_rows, rows_beyond
 from .sources import preferred_chunk, read_rows, shape_of
 
 # Default rows per chunk: a chunk of the wider model takes about CHUNK_BYTES as float32 (8192 rows
@@ -40,20 +47,22 @@ CHUNK_ROWS_RANGE = (1024, 16384)
 CONSTANT_EPS = 2.0
 # Stacked rank-one corrections (2 rows per chunk) applied together once this many rows accumulate.
 FLUSH_ROWS = 256
-# Column sums of a chunk are taken in float32 over blocks of rows, then added in float64: a single
-# float32 pass over 10^4 rows already loses ~1e-6 relative. BLAS sums (SIMD partial sums) stay
-# accurate over 64 rows; einsum's sums of squares accumulate serially, so they get shorter blocks.
-SUM_BLOCK = 64
-SQUARE_BLOCK = 16
+# Rows of a chunk whose per-unit median is the chunk's shift (evenly spaced).
+SHIFT_ROWS = 9
+# A value more than this many times its unit's rms (about the shift, in its chunk) makes its row an
+# outlier row, summed in float64. Gaussian data never gets there; ReLU-sparse units seldom.
+OUTLIER_RATIO = 32.0
 
 
 @dataclass
 class PearsonResult:
     """Pearson correlations `r [Da, Db]` with the constant units masked.
 
-    `r[i, j]` is exact Pearson (up to GEMM rounding, ~1e-7 in float32) between unit i of A and unit j
+    `r[i, j]` is exact Pearson (|error| ≤ 1e-6, see the module doc) between unit i of A and unit j
     of B over all N positions. Rows of constant A units and columns of constant B units
     (`const_a`, `const_b`) are set to 0.0: never NaN. Unpacks as `r, const_a, const_b = result`.
+    `self_r`: with `self_blocks` (see `PearsonAccumulator`), the correlation matrix of each block of
+    A's units with itself (float64; constant units' rows and columns 0), else None.
     """
 
     r: np.ndarray
@@ -64,6 +73,7 @@ class PearsonResult:
     std_a: np.ndarray
     mean_b: np.ndarray
     std_b: np.ndarray
+    self_r: list[np.ndarray] | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.r, self.const_a, self.const_b))
@@ -73,21 +83,135 @@ class PearsonResult:
         return self.r.shape
 
 
+class _Side:
+    """One model's half of the accumulator: shifts, the centred chunk, per-unit sums about a reference."""
+
+    def __init__(self, dim: int, name: str, gemm_dtype):
+        self.dim, self.name, self.gemm_dtype = dim, name, np.dtype(gemm_dtype)
+        self.ref: np.ndarray | None = None  # the first chunk's shift
+        self.total = np.zeros(dim, np.float64)  # Σ (x − ref)
+        self.sq = np.zeros(dim, np.float64)  # Σ (x − ref)²
+        self.eps = 0.0  # coarsest machine epsilon among the chunks seen
+        self._buffer = np.empty((0, dim), self.gemm_dtype)
+        # this chunk: shift, shift − ref, Σ (x − shift), rows
+        self.shift = self.delta = self.sums = None
+        self.rows = 0
+
+    def centre(self, chunk: np.ndarray, pool: ThreadPoolExecutor | None, parts: int, row_offset: int) -> np.ndarray:
+        rows = chunk.shape[0]
+        if chunk.shape[1] != self.dim:
+            raise ValueError(f"{self.name}: chunk has {chunk.shape[1]} units, expected {self.dim}")
+        if self._buffer.shape[0] < rows:
+            self._buffer = np.empty((rows, self.dim), self.gemm_dtype)
+        out = self._buffer[:rows]
+        picks = np.unique(np.linspace(0, rows - 1, min(SHIFT_ROWS, rows)).round().astype(np.int64))
+        with np.errstate(all="ignore"):  # NaN/inf are detected from the sums below
+            shift = np.median(chunk[picks], axis=0).astype(chunk.dtype).astype(np.float64)
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        bounds = np.linspace(0, rows, max(1, min(parts, rows)) + 1).astype(np.int64)
+        partial = np.zeros((len(bounds) - 1, 3, self.dim), np.float64)
+
+        def run(k: int) -> None:
+            lo, hi = bounds[k], bounds[k + 1]
+            centre_rows(chunk[lo:hi], shift, out[lo:hi], partial[k, 0], partial[k, 1], partial[k, 2])
+
+        if pool is None or len(bounds) == 2:
+            for k in range(len(bounds) - 1):
+                run(k)
+        else:
+            list(pool.map(run, range(len(bounds) - 1)))
+        sums, sq, peak = partial[:, 0].sum(0), partial[:, 1].sum(0), partial[:, 2].max(0)
+        if not (np.isfinite(sq).all() and np.isfinite(sums).all()):
+            _raise_non_finite(chunk, self.name, row_offset)
+        if self.ref is None:
+            self.ref = shift.copy()
+        delta = shift - self.ref
+        self.total += sums + rows * delta
+        self.sq += sq + 2 * delta * sums + rows * delta * delta
+        self.eps = max(self.eps, float(np.finfo(chunk.dtype).eps))
+        self.shift, self.delta, self.sums, self.rows, self.peak, self.chunk_sq = shift, delta, sums, rows, peak, sq
+        return out
+
+    def outlier_rows(self, centred: np.ndarray) -> np.ndarray | None:
+        """Mask of the rows holding a value beyond OUTLIER_RATIO × its unit's rms in this chunk, or None."""
+        limit = OUTLIER_RATIO * np.sqrt(self.chunk_sq / max(self.rows, 1))
+        units = np.flatnonzero(self.peak > limit)
+        if not len(units):
+            return None
+        mask = np.zeros(self.rows, np.bool_)
+        rows_beyond(centred, units.astype(np.int64), limit[units], mask)
+        return mask
+
+    def moments(self, n: int, constant_rtol: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, variance, constant mask) over all rows seen."""
+        offset = self.total / n
+        var = np.maximum(self.sq / n - offset * offset, 0.0)
+        mean = self.ref + offset
+        rtol = CONSTANT_EPS * self.eps if constant_rtol is None else constant_rtol
+        constant = var <= (rtol * rtol) * (mean * mean + var)
+        return mean, var, constant
+
+
+class _Cross:
+    """Float64 co-moments about the sides' references of columns `cols_l` of one side and `cols_r` of another."""
+
+    def __init__(self, left: _Side, cols_l: slice, right: _Side, cols_r: slice, gemm_dtype):
+        self.left, self.right, self.cols_l, self.cols_r = left, right, cols_l, cols_r
+        dl, dr = len(range(*cols_l.indices(left.dim))), len(range(*cols_r.indices(right.dim)))
+        self.comoment = torch.zeros((dl, dr), dtype=torch.float64)
+        self._gemm_out = torch.empty((dl, dr), dtype=torch.from_numpy(np.empty(0, gemm_dtype)).dtype)
+        self._rows_l: list[np.ndarray] = []
+        self._rows_r: list[np.ndarray] = []
+
+    def add(self, centred_l: np.ndarray, centred_r: np.ndarray, exact_l: np.ndarray | None,
+            exact_r: np.ndarray | None) -> None:
+        """One chunk: GEMM of the centred operands (outlier rows zeroed), float64 outlier rows, shift terms."""
+        left, right = self.left, self.right
+        torch.mm(torch.from_numpy(centred_l[:, self.cols_l]).T, torch.from_numpy(centred_r[:, self.cols_r]),
+                 out=self._gemm_out)
+        self.comoment.add_(self._gemm_out)
+        if exact_l is not None:
+            self.comoment += torch.from_numpy(exact_l[:, self.cols_l].T @ exact_r[:, self.cols_r])
+        # Σ(x−ref_l)(y−ref_r)ᵀ = Σ(x−s)(y−t)ᵀ + δ_l (Σ(y−t) + n δ_r)ᵀ + Σ(x−s) δ_rᵀ, with δ = shift − ref.
+        d_l, d_r = left.delta[self.cols_l], right.delta[self.cols_r]
+        self._rows_l += [d_l, left.sums[self.cols_l]]
+        self._rows_r += [right.sums[self.cols_r] + right.rows * d_r, d_r]
+        if len(self._rows_l) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows_l:
+            self.comoment += torch.from_numpy(np.stack(self._rows_l).T @ np.stack(self._rows_r))
+            self._rows_l, self._rows_r = [], []
+
+    def about_mean(self, n: int) -> np.ndarray:
+        """Co-moments about the means: Σ(x−x̄)(y−ȳ)ᵀ (float64)."""
+        self.flush()
+        shift_l, shift_r = self.left.total[self.cols_l] / n, self.right.total[self.cols_r] / n
+        return self.comoment.numpy() - n * np.outer(shift_l, shift_r)
+
+
 class PearsonAccumulator:
     """Streaming co-moments of two row-aligned matrices; `update` chunks, then `result()`.
 
     Exposed so a caller that already iterates over positions (e.g. while extracting activations)
     can feed chunks directly instead of going through `pearson`.
+    `self_blocks`: column ranges `(start, stop)` of A whose correlation matrix with themselves is
+    accumulated in the same pass (`PearsonResult.self_r`); the rotation nulls need it (Σ_A per layer).
+    `threads`: threads of the centring pass (default: torch's thread count).
     """
 
-    def __init__(self, dim_a: int, dim_b: int, gemm_dtype: type = np.float32):
+    def __init__(self, dim_a: int, dim_b: int, gemm_dtype: type = np.float32,
+                 self_blocks: Sequence[tuple[int, int]] | None = None, threads: int | None = None):
         self.dim_a, self.dim_b = dim_a, dim_b
         self.n = 0
         self.side_a, self.side_b = _Side(dim_a, "A", gemm_dtype), _Side(dim_b, "B", gemm_dtype)
-        self.comoment = np.zeros((dim_a, dim_b), np.float64)
-        self._gemm_out = np.empty((dim_a, dim_b), gemm_dtype)
-        self._rows_a: list[np.ndarray] = []  # pending rank-one corrections, applied by _flush
-        self._rows_b: list[np.ndarray] = []
+        self.cross = _Cross(self.side_a, slice(None), self.side_b, slice(None), gemm_dtype)
+        self.self_blocks = [(int(a), int(b)) for a, b in (self_blocks or [])]
+        self.selves = [_Cross(self.side_a, slice(a, b), self.side_a, slice(a, b), gemm_dtype)
+                       for a, b in self.self_blocks]
+        self.threads = max(1, int(threads or torch.get_num_threads()))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def update(self, chunk_a: np.ndarray | torch.Tensor, chunk_b: np.ndarray | torch.Tensor) -> None:
         """Add rows: `chunk_a [n, Da]`, `chunk_b [n, Db]` (any float dtype; read as by `read_rows`)."""
@@ -97,103 +221,55 @@ class PearsonAccumulator:
             raise ValueError(f"chunks must have the same rows, got {rows} and {chunk_b.shape[0]}")
         if rows == 0:
             return
-        centred_a, sum_a, delta_a = self.side_a.add(chunk_a, self.n)
-        centred_b, sum_b, delta_b = self.side_b.add(chunk_b, self.n)
-        torch.mm(torch.from_numpy(centred_a).T, torch.from_numpy(centred_b), out=torch.from_numpy(self._gemm_out))
-        np.add(self.comoment, self._gemm_out, out=self.comoment)
-        # Within the chunk Σ(x−m)(y−m')ᵀ = GEMM − sum_a sum_bᵀ / n; between chunks n·δaδbᵀ, where
-        # δ = chunk mean − reference (minus N·δ̄aδ̄bᵀ in `result`).
-        root = math.sqrt(rows)
-        self._rows_a += [sum_a / root, delta_a * root]
-        self._rows_b += [-sum_b / root, delta_b * root]
+        # Each side's rows split among the threads: balanced however different Da and Db are.
+        centred_a = self.side_a.centre(chunk_a, self._pool, self.threads, self.n)
+        centred_b = self.side_b.centre(chunk_b, self._pool, self.threads, self.n)
+        exact_a = exact_b = None
+        masks = [m for m in (self.side_a.outlier_rows(centred_a), self.side_b.outlier_rows(centred_b))
+                 if m is not None]
+        if masks:
+            outliers = np.flatnonzero(np.logical_or.reduce(masks))
+            exact_a = chunk_a[outliers].astype(np.float64) - self.side_a.shift
+            exact_b = chunk_b[outliers].astype(np.float64) - self.side_b.shift
+            centred_a[outliers] = 0.0
+            centred_b[outliers] = 0.0
+        self.cross.add(centred_a, centred_b, exact_a, exact_b)
+        for block in self.selves:
+            block.add(centred_a, centred_a, exact_a, exact_a)
         self.n += rows
-        if len(self._rows_a) >= FLUSH_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._rows_a:
-            self.comoment += np.stack(self._rows_a).T @ np.stack(self._rows_b)
-            self._rows_a, self._rows_b = [], []
 
     def result(self, dtype: type = np.float32, constant_rtol: float | None = None) -> PearsonResult:
         """Correlations so far, as `PearsonResult` with `r` in `dtype` (float32 or float64)."""
         if self.n < 2:
             raise ValueError(f"Pearson needs at least 2 positions, got N={self.n}")
-        self._flush()
-        mean_a, var_a, const_a = self.side_a.moments(self.n, constant_rtol)
-        mean_b, var_b, const_b = self.side_b.moments(self.n, constant_rtol)
-        comoment = self.comoment - self.n * np.outer(self.side_a.mean_shift(self.n), self.side_b.mean_shift(self.n))
+        n = self.n
+        mean_a, var_a, const_a = self.side_a.moments(n, constant_rtol)
+        mean_b, var_b, const_b = self.side_b.moments(n, constant_rtol)
         with np.errstate(divide="ignore"):
-            inv_a = np.where(const_a, 0.0, 1.0 / np.sqrt(var_a * self.n))
-            inv_b = np.where(const_b, 0.0, 1.0 / np.sqrt(var_b * self.n))
-        r = np.clip(comoment * inv_a[:, None] * inv_b[None, :], -1.0, 1.0)
+            inv_a = np.where(const_a, 0.0, 1.0 / np.sqrt(var_a * n))
+            inv_b = np.where(const_b, 0.0, 1.0 / np.sqrt(var_b * n))
+        r = self.cross.about_mean(n)
+        r *= inv_a[:, None]
+        r *= inv_b[None, :]
+        np.clip(r, -1.0, 1.0, out=r)
+        self_r = None
+        if self.selves:
+            self_r = []
+            for (lo, hi), block in zip(self.self_blocks, self.selves):
+                inv = inv_a[lo:hi]
+                self_r.append(np.clip(block.about_mean(n) * inv[:, None] * inv[None, :], -1.0, 1.0))
         return PearsonResult(
-            r=r.astype(dtype, copy=False),
-            const_a=const_a,
-            const_b=const_b,
-            n=self.n,
-            mean_a=mean_a,
-            std_a=np.sqrt(var_a),
-            mean_b=mean_b,
-            std_b=np.sqrt(var_b),
+            r=r.astype(dtype, copy=False), const_a=const_a, const_b=const_b, n=n, mean_a=mean_a,
+            std_a=np.sqrt(var_a), mean_b=mean_b, std_b=np.sqrt(var_b), self_r=self_r,
         )
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
-class _Side:
-    """One model's half of the accumulator: chunk centring and per-unit moments.
-
-    Centring reuses preallocated buffers and BLAS reductions: allocating fresh chunk-sized arrays
-    page-faults on every chunk and generic column reductions are several times slower than
-    the GEMM they feed.
-    """
-
-    def __init__(self, dim: int, name: str, gemm_dtype: type = np.float32):
-        self.dim, self.name, self.gemm_dtype = dim, name, np.dtype(gemm_dtype)
-        self.ref: np.ndarray | None = None  # global reference: the first chunk's mean
-        self.sq = np.zeros(dim, np.float64)  # Σ squared deviations from chunk means, pooled
-        self.shift_sum = np.zeros(dim, np.float64)  # Σ n_k (chunk mean − ref)
-        self.eps = 0.0  # coarsest machine epsilon among the chunks seen
-        self._centred = np.empty((0, dim), self.gemm_dtype)
-
-    def add(self, chunk: np.ndarray, row_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Centre `chunk` on its own mean; return (centred in the GEMM dtype, Σ centred, chunk mean − ref)."""
-        rows = chunk.shape[0]
-        if chunk.shape[1] != self.dim:
-            raise ValueError(f"{self.name}: chunk has {chunk.shape[1]} units, expected {self.dim}")
-        centred = self._buffer(rows)
-        # The mean is only a shift: float32 block sums suffice, the exact residual is measured below.
-        shift = (_column_sums(chunk) / rows).astype(chunk.dtype)
-        with np.errstate(all="ignore"):  # NaN/inf/overflow are detected from the sums just below
-            # Subtracting, in the input precision, a shift rounded to it: no cancellation.
-            np.subtract(chunk, shift, out=centred, casting="same_kind")
-            sums, sum_sq = _column_sums(centred), _column_sums_of_squares(centred)
-        if not (np.isfinite(sum_sq).all() and np.isfinite(sums).all()):
-            _raise_non_finite(chunk, self.name, row_offset)
-        delta = shift.astype(np.float64) + sums / rows  # exact chunk mean, then relative to ref
-        if self.ref is None:
-            self.ref = delta.copy()
-        delta -= self.ref
-        self.eps = max(self.eps, float(np.finfo(chunk.dtype).eps))
-        self.sq += sum_sq - sums * sums / rows + rows * delta * delta
-        self.shift_sum += rows * delta
-        return centred, sums, delta
-
-    def mean_shift(self, n: int) -> np.ndarray:
-        return self.shift_sum / n
-
-    def moments(self, n: int, constant_rtol: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, variance, constant mask) over all rows seen."""
-        shift = self.mean_shift(n)
-        var = np.maximum(self.sq - n * shift * shift, 0.0) / n
-        mean = self.ref + shift
-        rtol = CONSTANT_EPS * self.eps if constant_rtol is None else constant_rtol
-        constant = var <= (rtol * rtol) * (mean * mean + var)
-        return mean, var, constant
-
-    def _buffer(self, rows: int) -> np.ndarray:
-        if self._centred.shape[0] < rows:
-            self._centred = np.empty((rows, self.dim), self.gemm_dtype)
-        return self._centred[:rows]
+    def __del__(self):
+        self.close()
 
 
 def pearson(
@@ -204,6 +280,7 @@ def pearson(
     constant_rtol: float | None = None,
     prefetch: bool = True,
     gemm_dtype: type = np.float32,
+    self_blocks: Sequence[tuple[int, int]] | None = None,
 ) -> PearsonResult:
     """Exact Pearson r between every column (unit) of `a [N, Da]` and every column of `b [N, Db]`.
 
@@ -211,12 +288,12 @@ def pearson(
     axis 0 (e.g. `LayerView`); read `chunk_size` rows at a time (default `default_chunk_rows`,
     rounded up to whole zarr chunks), so memory does not grow with N.
 
-    Computation: a `gemm_dtype` GEMM per chunk of per-chunk-centred rows, float64 accumulation.
-    With float32 the |error| vs float64 `numpy.corrcoef` on the same values is ~1e-7, offsets of
-    1e3 × std included; it grows to ~1e-5..1e-4 when single positions are 1e4 × a unit's spread
-    (e.g. LM "massive activations"), since one term then dominates the float32 sums of a chunk.
-    `gemm_dtype=np.float64` brings it to ~1e-10 at about half the speed.
-    `dtype` (np.float32 or np.float64) is the dtype of `r`.
+    Computation (module doc): a `gemm_dtype` GEMM per chunk of rows centred on a robust per-chunk shift,
+    outlier rows in float64, float64 accumulation. With float32 the |error| vs float64 `numpy.corrcoef`
+    on the same values is at most 1e-6 (measured: offsets of 1e3 × std, drifting means, single positions
+    1e4 × a unit's spread as LM "massive activations", real SmolLM2 units), typically 1e-7.
+    `gemm_dtype=np.float64` brings it to ~1e-12 at about half the speed.
+    `dtype` (np.float32 or np.float64) is the dtype of `r`. `self_blocks`: see `PearsonAccumulator`.
 
     Constant units (std <= `constant_rtol` · rms; default 2 machine epsilons of the input dtype,
     2.4e-7 for float32/float16) get r = 0 and are flagged in `const_a`/`const_b`.
@@ -225,30 +302,13 @@ def pearson(
     """
     n, dim_a, dim_b = _validate_pair(a, b)
     step = preferred_chunk(a, max(1, int(chunk_size or default_chunk_rows(dim_a, dim_b))))
-    acc = PearsonAccumulator(dim_a, dim_b, gemm_dtype)
-    for chunk_a, chunk_b in _chunk_pairs(a, b, n, step, prefetch):
-        acc.update(chunk_a, chunk_b)
-    return acc.result(dtype=dtype, constant_rtol=constant_rtol)
-
-
-def _column_sums(x: np.ndarray) -> np.ndarray:
-    """Σ over rows (float64 result), summed in x's dtype per block of rows: BLAS speed, ~1e-8 relative."""
-    blocks, rest = _row_blocks(x, SUM_BLOCK)
-    partial = np.ones(SUM_BLOCK, x.dtype) @ blocks  # one sum per block
-    return partial.sum(0, dtype=np.float64) + rest.sum(0, dtype=np.float64)
-
-
-def _column_sums_of_squares(x: np.ndarray) -> np.ndarray:
-    """Σ x² over rows (float64 result), fused per block of rows (no squared copy of the chunk)."""
-    blocks, rest = _row_blocks(x, SQUARE_BLOCK)
-    partial = np.einsum("bij,bij->bj", blocks, blocks)
-    return partial.sum(0, dtype=np.float64) + np.einsum("ij,ij->j", rest, rest, dtype=np.float64)
-
-
-def _row_blocks(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """x as [blocks, block, D] (a view) plus the leftover rows."""
-    full = x.shape[0] - x.shape[0] % block
-    return x[:full].reshape(-1, block, x.shape[1]), x[full:]
+    acc = PearsonAccumulator(dim_a, dim_b, gemm_dtype, self_blocks=self_blocks)
+    try:
+        for chunk_a, chunk_b in _chunk_pairs(a, b, n, step, prefetch):
+            acc.update(chunk_a, chunk_b)
+        return acc.result(dtype=dtype, constant_rtol=constant_rtol)
+    finally:
+        acc.close()
 
 
 def default_chunk_rows(dim_a: int, dim_b: int) -> int:

@@ -8,7 +8,8 @@
 - `text_units_figure`: for matched units, each model's top-activating words in context (the text with
   the word in [brackets]), models side by side, as a PNG and a Markdown file (word in **bold**).
 - `match_summary_figure`: matches per layer pair (heatmap) next to the rotation null's, and their mean r.
-- `null_excess_figure`: per trained pair, matches next to the rotation null and the random-init control.
+- `null_excess_figure`: per trained pair, matches next to the rotation null's band (mean ± 2 SD over its
+  draws) and the random-init control.
 
 Unit selections come as a table with columns `{model}_layer` and `{model}_neuron` per model and a
 `mean_r` (the Rosetta sets table of `rosetta_sets_from_pairs`); `matches_as_sets` turns a `match_units`
@@ -30,7 +31,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from convergence.units import open_units, units_array  # noqa: E402
+from convergence.rosetta.units import open_units, units_array  # noqa: E402
 from convergence.utils import atomic_path  # noqa: E402
 
 from .stage import read_summary, read_table, set_models  # noqa: E402
@@ -313,7 +314,8 @@ def match_summary_figure(summary, out_path: str | Path, criterion: str = "strict
     rep = s.get(criterion) or {}
     fig.suptitle(
         f"{s.get('model_a')} vs {s.get('model_b')} ({s.get('dataset')}): {rep.get('matches_observed')} {criterion} "
-        f"matches, null {_fmt(rep.get('matches_null'))}, mean r {_fmt(rep.get('mean_r_observed'))} "
+        f"matches, null {_fmt(rep.get('matches_null'))} ± {_fmt(rep.get('matches_null_sd'))} "
+        f"(z {_fmt(rep.get('z_matches'))}, p {_fmt(rep.get('p_matches'))}), mean r {_fmt(rep.get('mean_r_observed'))} "
         f"(null {_fmt(rep.get('mean_r_null'))}), {rep.get('above_null_max', '-')} above the null's max |r|",
         fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
@@ -329,8 +331,11 @@ def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, c
     fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 0.7 * len(t) + 3) * 2, 3.6), squeeze=False)
     for ax, (cols, title) in zip(axes[0], [(("matches", "null_matches", "control_matches"), "matches"),
                                            (("mean_r", "null_mean_r", "control_mean_r"), "mean r of matches")]):
-        for i, (col, name) in enumerate(zip(cols, ("observed", "rotation null", "random-init control"))):
-            ax.bar(x + (i - 1) * 0.27, pd.to_numeric(t[col], errors="coerce"), 0.27, label=name)
+        for i, (col, name) in enumerate(zip(cols, ("observed", "rotation null (mean ± 2 SD)", "random-init control"))):
+            sd = t.get(f"{col}_sd") if col.startswith("null_") else None
+            yerr = 2 * pd.to_numeric(sd, errors="coerce") if sd is not None else None
+            ax.bar(x + (i - 1) * 0.27, pd.to_numeric(t[col], errors="coerce"), 0.27, label=name, yerr=yerr,
+                   capsize=2)
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{criterion}: {title}", fontsize=9)
     axes[0, 0].legend(fontsize=7)

@@ -8,10 +8,10 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from convergence.units import open_units
+from convergence.rosetta.units import open_units
 
 from . import figures
-from .stage import null_excess_table, read_summary, rosetta_sets_from_pairs, save_table
+from .stage import DEFAULT_K_BACK, null_excess_table, read_summary, rosetta_sets_from_pairs, save_table
 
 
 def choose_anchor(units: Mapping[str, str | Path], configured: str | None = None) -> str:
@@ -22,10 +22,12 @@ def choose_anchor(units: Mapping[str, str | Path], configured: str | None = None
 
 
 def build_sets(npz_by_pair: Mapping[tuple[str, str], str | Path], models: Sequence[str],
-               units: Mapping[str, str | Path], out_table, summary_path, anchor: str | None = None):
+               units: Mapping[str, str | Path], out_table, summary_path, anchor: str | None = None,
+               k_back: int = DEFAULT_K_BACK):
+    """Reference anchor sets (top-1, reciprocated in the top `k_back`) and strict cycle-consistent sets."""
     anchor = choose_anchor({m: units[m] for m in models}, anchor)
     ordered = [anchor] + [m for m in models if m != anchor]
-    return rosetta_sets_from_pairs(npz_by_pair, ordered, out_table, anchor=anchor, cycle=True,
+    return rosetta_sets_from_pairs(npz_by_pair, ordered, out_table, anchor=anchor, cycle=True, k_back=k_back,
                                    summary_path=summary_path)
 
 

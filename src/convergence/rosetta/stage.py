@@ -13,16 +13,20 @@ Every function reads and writes files (atomically) so that Snakemake rules stay 
 
 Correlation file (`.npz`, `load_correlation` reads it):
 
-- `obs_<field>` / `null_<field>` for the fields of `TopKPartners` (`a_index`, `a_r`, `b_index`, `b_r`,
-  `const_a`, `const_b`, `max_abs_r`, `absolute`): observed, and the rotation null when it was computed;
+- `obs_<field>` for the fields of `TopKPartners` (`a_index`, `a_r`, `b_index`, `b_r`, `const_a`,
+  `const_b`, `max_abs_r`, `absolute`): observed; `null_<field>`: the same with a leading axis of R
+  rotation-null draws (indices int32), when the null was computed;
 - `units_a_layer`, `units_a_neuron` `[Da]` (and `units_b_*`): the (hidden-state layer, neuron) of each
   flat unit index (flat index = layer slot * width + neuron);
 - `obs_dense`, `null_dense` `[Da, Db]` float32, only when `Da * Db <= dense_max_entries` (small pairs;
   enables Hungarian matching);
 - `meta`: a JSON string (models, dataset, positions, k, seed, layers, timings, ...).
 
-Rotation null: within every layer of A, the units are z-scored and then mixed by a Haar-random
-orthogonal matrix (block-diagonal over layers, one seeded rotation per layer). This keeps each layer's
+Rotation null (R seeded draws): within every layer of one model (the one with narrower layers), the units
+are z-scored and then mixed by a Haar-random orthogonal matrix (block-diagonal over layers, one rotation
+per layer and draw). No draw reads the data again: Pearson of the rotated units with B is
+diag(QᵀΣQ)^(-1/2)·QᵀR per layer, Σ the layer's correlation matrix (accumulated in the observed pass) and R
+the observed correlations (`rotated_correlations`). This keeps each layer's
 information (and its correlation structure up to rotation) but removes its privileged unit basis; the
 matches found on it are chance matches. Units are z-scored first because Pearson ignores unit scales and
 the null must too: rotating raw values lets a few high-variance units (e.g. LM "massive activation"
@@ -41,21 +45,28 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from convergence.units import POSITION_DIM, UnitsError, open_units, units_array
+from convergence.rosetta.units import POSITION_DIM, UnitsError, open_units, units_array
 from convergence.utils import atomic_path
 
 from .correlation import pearson
-from .matching import TopKPartners, _sorted_matches, mutual_matches, pearson_topk, topk_partners
+from .matching import TopKPartners, _max_abs, _ranking_scores, _RunningTopK, _sorted_matches, _top, mutual_matches
 from .matching import hungarian as hungarian_assignment
-from .null import compare_to_null, random_rotation
+from .null import compare_to_null, null_band, random_rotation
 from .sets import rosetta_sets
-from .sources import read_rows
+from .sources import ColumnView, read_rows
 
 # Pairs with at most this many unit pairs are correlated densely: the full matrix (and the null's)
 # is kept in the .npz, float32, so that Hungarian matching can run on it. 4M entries = 2 x 16 MB;
 # e.g. MiniLM-L6 x MiniLM-L6 over all 7 layers (2688^2 = 7.2M) streams instead unless this is raised.
 DENSE_MAX_ENTRIES = 4_000_000
+# R rotation draws of the null, and what one column block of B may take: float64 co-moments, the float32
+# GEMM output, r and a null draw's r and scores, ~BYTES_PER_ENTRY bytes per unit pair.
+DEFAULT_NULL_DRAWS = 20
+DEFAULT_K_BACK = 5  # the Rosetta Neurons reference's n = 5
+DEFAULT_BLOCK_BYTES = 1536 * 2**20
+BYTES_PER_ENTRY = 28
 TOPK_FIELDS = ("a_index", "a_r", "b_index", "b_r", "const_a", "const_b", "max_abs_r", "absolute")
 CRITERIA = ("strict", "relaxed")
 
@@ -183,27 +194,36 @@ def _layer_slots(ds, layers, name: str) -> list[int]:
 
 @dataclass
 class Correlation:
-    """A correlation file in memory: partners (observed, null), unit labels, optional dense matrices."""
+    """A correlation file in memory: partners (observed, R null draws), unit labels, optional dense matrices."""
 
     observed: TopKPartners
-    null: TopKPartners | None
+    nulls: list[TopKPartners]
     units_a: pd.DataFrame  # columns layer, neuron; row = flat unit index
     units_b: pd.DataFrame
     meta: dict
     dense: np.ndarray | None = None
     null_dense: np.ndarray | None = None
 
+    @property
+    def null(self) -> TopKPartners | None:
+        """The first null draw (None without a null)."""
+        return self.nulls[0] if self.nulls else None
+
 
 def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Path, *, k: int = 10, seed: int = 0,
-                    rotation_null: bool = True, chunk_size: int | None = None, layers_a=None, layers_b=None,
-                    absolute: bool = False, dense_max_entries: int = DENSE_MAX_ENTRIES,
-                    max_block_bytes: int | None = None) -> Path:
-    """Top-`k` Pearson partners of every unit of A among B's units and back, observed and rotation null.
+                    rotation_null: bool = True, null_draws: int = DEFAULT_NULL_DRAWS, null_k: int | None = None,
+                    chunk_size: int | None = None, layers_a=None, layers_b=None, absolute: bool = False,
+                    dense_max_entries: int = DENSE_MAX_ENTRIES, max_block_bytes: int | None = None) -> Path:
+    """Top-`k` Pearson partners of every unit of A among B's units and back, observed and `null_draws` rotation nulls.
 
-    Exact Pearson over all positions, streamed `chunk_size` positions at a time (memory independent of
-    N). Pairs with `Da * Db <= dense_max_entries` are computed densely and their matrix is stored too;
-    larger pairs go through `pearson_topk` (B in column blocks of `max_block_bytes`, the full matrix is
-    never held). `layers_a`/`layers_b`: hidden-state indices to use (default: all the store holds).
+    Exact Pearson over all positions, streamed `chunk_size` positions at a time (memory independent of N),
+    in column blocks of B of at most `max_block_bytes` of co-moments (one pass over the data each; default
+    one block for pairs up to ~9k x 9k units). The R rotation nulls cost no further pass (module doc): the
+    pass also accumulates the rotated model's per-layer correlation matrix Σ, and each draw is then
+    `diag(QᵀΣQ)^(-1/2) Qᵀ R` per layer, with the model of narrower layers rotated (its `D x D` products
+    are the cheaper ones). Null partners keep `null_k` (default `k`) per unit.
+    `Da * Db <= dense_max_entries`: the observed matrix and the first null draw's are stored too (enables
+    Hungarian matching). `layers_a`/`layers_b`: hidden-state indices to use (default: all the store holds).
     `absolute`: rank partners by |r|. Writes the `.npz` described in the module doc; returns its path.
     """
     t0 = time.time()
@@ -213,47 +233,80 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     a = FlatUnits(units_array(units_a), slots_a)
     b = FlatUnits(units_array(units_b), slots_b)
     dim_a, dim_b = a.shape[1], b.shape[1]
+    draws = int(null_draws) if rotation_null else 0
+    if rotation_null and draws < 1:
+        raise ValueError(f"null_draws must be >= 1 with rotation_null, got {null_draws}")
+    null_k = int(null_k or k)
+    rotate_b = draws > 0 and b.width < a.width
+    x, y = (b, a) if rotate_b else (a, b)
+    dim_x, dim_y = x.shape[1], y.shape[1]
+    blocks = [(s * x.width, (s + 1) * x.width) for s in range(len(x.slots))]
+    budget = int(max_block_bytes or DEFAULT_BLOCK_BYTES)
+    columns = max(1, min(dim_y, budget // (BYTES_PER_ENTRY * dim_x)))
     dense = dim_a * dim_b <= dense_max_entries
-    kw: dict[str, Any] = {"chunk_size": chunk_size}
-
-    def partners(source_a) -> tuple[TopKPartners, np.ndarray | None]:
+    observed = _PartnerBuilder(dim_x, int(k), absolute)
+    nulls = [_PartnerBuilder(dim_x, null_k, absolute) for _ in range(draws)]
+    draw_seeds = [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(int(seed)).spawn(draws)]
+    obs_dense, null_dense, self_r, const_x = [], [], None, None
+    timing = {"pass": 0.0, "null": 0.0, "rotations": 0.0}
+    for start in range(0, dim_y, columns):
+        t = time.time()
+        part = pearson(x, ColumnView(y, slice(start, start + columns)), chunk_size=chunk_size, dtype=np.float32,
+                       self_blocks=blocks if draws and self_r is None else None)
+        timing["pass"] += time.time() - t
+        if self_r is None:
+            self_r, const_x = part.self_r, part.const_a
+        observed.add(part.r, start, part.const_a, part.const_b)
         if dense:
-            result = pearson(source_a, b, **kw)
-            return topk_partners(result, k, absolute), result.r.astype(np.float32)
-        block = {} if max_block_bytes is None else {"max_block_bytes": int(max_block_bytes)}
-        return pearson_topk(source_a, b, k, absolute=absolute, **block, **kw), None
-
-    observed, obs_dense = partners(a)
-    t_obs = time.time() - t0
-    null = null_dense = None
-    if rotation_null:
-        mean, std = unit_moments(a, chunk_size)
-        rotated = FlatUnits(units_array(units_a), slots_a, layer_rotations(len(slots_a), a.width, seed), mean, std)
-        null, null_dense = partners(rotated)
+            obs_dense.append(part.r)
+        for q in range(draws):
+            t = time.time()
+            rotations = layer_rotations(len(blocks), x.width, draw_seeds[q])
+            timing["rotations"] += time.time() - t
+            t = time.time()
+            null_r, const_null = rotated_correlations(part.r, self_r, rotations)
+            observed_null = nulls[q]
+            observed_null.add(null_r, start, const_null, part.const_b)
+            if dense and q == 0:
+                null_dense.append(null_r)
+            timing["null"] += time.time() - t
+    observed = observed.result()
+    nulls = [n.result() for n in nulls]
+    if rotate_b:
+        observed, nulls = observed.transpose(), [n.transpose() for n in nulls]
+    obs_dense = _join_columns(obs_dense, rotate_b)
+    null_dense = _join_columns(null_dense, rotate_b)
     la, na = _unit_labels(ds_a, slots_a)
     lb, nb = _unit_labels(ds_b, slots_b)
     meta = {
         "model_a": ds_a.attrs["model"], "model_b": ds_b.attrs["model"],
         "units_a": str(units_a), "units_b": str(units_b),
+        "unit_kind_a": ds_a.attrs.get("units", "residual"), "unit_kind_b": ds_b.attrs.get("units", "residual"),
         "dataset": ds_a.attrs.get("dataset", ""), "modality_a": ds_a.attrs.get("modality"),
         "modality_b": ds_b.attrs.get("modality"), "positions": ds_a.attrs.get("positions"),
         "grid": ds_a.attrs.get("grid"), "n_positions": int(ds_a.sizes[POSITION_DIM]),
         "n_samples": int(ds_a.attrs.get("n_samples", 0)),
-        "layers_a": [int(x) for x in ds_a["layer"].values[slots_a]],
-        "layers_b": [int(x) for x in ds_b["layer"].values[slots_b]],
+        "layers_a": [int(v) for v in ds_a["layer"].values[slots_a]],
+        "layers_b": [int(v) for v in ds_b["layer"].values[slots_b]],
         "width_a": a.width, "width_b": b.width, "n_units_a": dim_a, "n_units_b": dim_b,
         "init_a": ds_a.attrs.get("init"), "init_b": ds_b.attrs.get("init"),
-        "k": int(k), "seed": int(seed), "absolute": bool(absolute), "rotation_null": bool(rotation_null),
-        "null": "per-layer Haar rotation of A's z-scored units" if rotation_null else None,
+        "k": int(k), "null_k": null_k if draws else None, "seed": int(seed), "absolute": bool(absolute),
+        "rotation_null": bool(draws), "null_draws": draws,
+        "null": (f"per-layer Haar rotation of {'B' if rotate_b else 'A'}'s z-scored units, {draws} draws"
+                 if draws else None),
+        "null_rotated": ("b" if rotate_b else "a") if draws else None,
         "dense": bool(dense), "n_const_a": int(observed.const_a.sum()), "n_const_b": int(observed.const_b.sum()),
-        "seconds_observed": round(t_obs, 3), "seconds_total": round(time.time() - t0, 3),
+        "column_blocks": int(-(-dim_y // columns)),
+        "seconds_pass": round(timing["pass"], 3), "seconds_rotations": round(timing["rotations"], 3),
+        "seconds_null_products": round(timing["null"], 3), "seconds_total": round(time.time() - t0, 3),
     }
     arrays: dict[str, np.ndarray] = {"units_a_layer": la, "units_a_neuron": na, "units_b_layer": lb,
                                      "units_b_neuron": nb, "meta": np.array(json.dumps(meta))}
-    for prefix, part in (("obs", observed), ("null", null)):
-        if part is not None:
-            for key, value in part.as_dict().items():
-                arrays[f"{prefix}_{key}"] = np.asarray(value)
+    for key, value in observed.as_dict().items():
+        arrays[f"obs_{key}"] = np.asarray(value)
+    if nulls:
+        for key, value in _stack_partners(nulls).items():
+            arrays[f"null_{key}"] = value
     if obs_dense is not None:
         arrays["obs_dense"] = obs_dense
     if null_dense is not None:
@@ -262,6 +315,79 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz
         np.savez_compressed(f, **arrays)
     return out_path
+
+
+def rotated_correlations(r: np.ndarray, self_r: Sequence[np.ndarray], rotations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson of `Z_l Q_l` (each layer's z-scored units rotated) with B's units, from the observed `r` alone.
+
+    `r [L*D, Db]`: observed correlations of the rotated model's units (rows) with B; `self_r[l] [D, D]`:
+    the correlation matrix Σ_l of layer l (constant units: zero rows and columns); `rotations [L, D, D]`.
+    For U = Z Q: cov(U, B)/σ_B = Qᵀ R and var(U) = diag(Qᵀ Σ Q), so r_null = diag(QᵀΣQ)^(-1/2) Qᵀ R
+    exactly: the same as streaming the rotated data again. Returns r_null (float32) and the mask of
+    rotated units that are constant (a layer whose units are all constant).
+    """
+    width = rotations.shape[1]
+    out = np.empty(r.shape, np.float32)
+    const = np.zeros(r.shape[0], np.bool_)
+    for layer, q in enumerate(rotations):
+        rows = slice(layer * width, (layer + 1) * width)
+        q32 = torch.from_numpy(q.astype(np.float32))
+        sigma = torch.from_numpy(np.asarray(self_r[layer], np.float32))
+        var = ((sigma @ q32) * q32).sum(0).double().numpy()  # diag(QᵀΣQ)
+        dead = var <= 1e-6
+        inv = torch.from_numpy(np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, var))).astype(np.float32))
+        block = q32.T @ torch.from_numpy(np.ascontiguousarray(r[rows], np.float32))
+        block.mul_(inv[:, None]).clamp_(-1.0, 1.0)
+        out[rows] = block.numpy()
+        const[rows] = dead
+    return out, const
+
+
+class _PartnerBuilder:
+    """Top-k partners of a `[Dx, Dy]` correlation matrix that arrives in column blocks."""
+
+    def __init__(self, dim_x: int, k: int, absolute: bool):
+        self.k, self.absolute = k, absolute
+        self.rows = _RunningTopK(dim_x, k)
+        self.col_index, self.col_r, self.const_y = [], [], []
+        self.const_x = None
+        self.max_abs = 0.0
+
+    def add(self, r: np.ndarray, offset: int, const_x: np.ndarray, const_y: np.ndarray) -> None:
+        scores = _ranking_scores(torch.from_numpy(r), const_x, const_y, self.absolute)
+        self.rows.add(scores, r, offset)
+        index, values = _top(scores.T, r.T, self.k)
+        self.col_index.append(index)
+        self.col_r.append(values)
+        self.const_y.append(np.asarray(const_y, bool))
+        self.const_x = np.asarray(const_x, bool)
+        self.max_abs = max(self.max_abs, _max_abs(r, const_x, const_y))
+
+    def result(self) -> TopKPartners:
+        a_index, a_r = self.rows.result()
+        return TopKPartners(a_index, a_r, np.concatenate(self.col_index), np.concatenate(self.col_r), self.const_x,
+                            np.concatenate(self.const_y), self.max_abs, self.absolute)
+
+
+def _join_columns(parts: list[np.ndarray], transpose: bool) -> np.ndarray | None:
+    if not parts:
+        return None
+    joined = np.concatenate(parts, axis=1)
+    return np.ascontiguousarray(joined.T) if transpose else joined
+
+
+def _stack_partners(draws: list[TopKPartners]) -> dict[str, np.ndarray]:
+    """R draws' partners as arrays with a leading draw axis (indices int32)."""
+    out = {}
+    for key in TOPK_FIELDS:
+        values = np.stack([np.asarray(getattr(d, key)) for d in draws])
+        out[key] = values.astype(np.int32) if key.endswith("_index") else values
+    return out
+
+
+def _unstack_partners(content: dict, prefix: str) -> list[TopKPartners]:
+    count = content[f"{prefix}_a_index"].shape[0]
+    return [TopKPartners.from_dict({f: content[f"{prefix}_{f}"][q] for f in TOPK_FIELDS}) for q in range(count)]
 
 
 def load_correlation(path: str | Path) -> Correlation:
@@ -276,10 +402,10 @@ def load_correlation(path: str | Path) -> Correlation:
         observed = TopKPartners.from_dict({f: content[f"obs_{f}"] for f in TOPK_FIELDS})
     except KeyError as e:
         raise ValueError(f"{path} is not a correlation file of convergence.rosetta.stage (missing {e})") from e
-    null = TopKPartners.from_dict({f: content[f"null_{f}"] for f in TOPK_FIELDS}) if "null_a_index" in content else None
+    nulls = _unstack_partners(content, "null") if "null_a_index" in content else []
     units = {side: pd.DataFrame({"layer": content[f"units_{side}_layer"], "neuron": content[f"units_{side}_neuron"]})
              for side in "ab"}
-    return Correlation(observed, null, units["a"], units["b"], meta, content.get("obs_dense"),
+    return Correlation(observed, nulls, units["a"], units["b"], meta, content.get("obs_dense"),
                        content.get("null_dense"))
 
 
@@ -332,20 +458,21 @@ def match_units(correlation_npz: str | Path, out_path: str | Path, *, k_relaxed:
     of observed and null matches, and the models, dataset and unit counts.
     """
     corr = load_correlation(correlation_npz)
-    obs, null, meta = corr.observed, corr.null, corr.meta
-    if k_relaxed > obs.k:
-        raise ValueError(f"k_relaxed={k_relaxed} needs top-{k_relaxed} partners, but {correlation_npz} kept "
-                         f"{obs.k}: rerun correlate_units with k >= {k_relaxed}")
+    obs, nulls, meta = corr.observed, corr.nulls, corr.meta
+    for kept, what in [(obs.k, "observed")] + [(n.k, "null") for n in nulls[:1]]:
+        if k_relaxed > kept:
+            raise ValueError(f"k_relaxed={k_relaxed} needs top-{k_relaxed} partners, but {correlation_npz} kept "
+                             f"{kept} ({what}): rerun correlate_units with k (and null_k) >= {k_relaxed}")
     absolute = obs.absolute
-    null_max = null.max_abs_r if null is not None else None
+    null_max = max(n.max_abs_r for n in nulls) if nulls else None
     criteria = {"strict": 1, "relaxed": int(k_relaxed)}
     frames, reports, found, null_found = [], {}, {}, {}
     for name, kk in criteria.items():
         found[name] = mutual_matches(obs, kk, absolute=absolute)
         frames.append(_match_frame(found[name], corr, name, null_max))
-        if null is not None:
-            null_found[name] = mutual_matches(null, kk, absolute=absolute)
-            reports[name] = compare_to_null(obs, null, k=kk, absolute=absolute).as_dict()
+        if nulls:
+            null_found[name] = [mutual_matches(n, kk, absolute=absolute) for n in nulls]
+            reports[name] = compare_to_null(obs, nulls, k=kk, absolute=absolute).as_dict()
         else:
             r = found[name].r
             reports[name] = {"matches_observed": len(r), "mean_r_observed": float(np.mean(r)) if len(r) else None}
@@ -362,7 +489,7 @@ def match_units(correlation_npz: str | Path, out_path: str | Path, *, k_relaxed:
             assigned_null = _per_layer_hungarian(corr.null_dense, corr, absolute)
             hungarian_summary.update(null_matches=len(assigned_null), null_mean_r=_mean(assigned_null.r),
                                      excess_mean_r=_mean(assigned.r) - _mean(assigned_null.r))
-            found["hungarian"], null_found["hungarian"] = assigned, assigned_null
+            found["hungarian"], null_found["hungarian"] = assigned, [assigned_null]
         else:
             found["hungarian"] = assigned
     table = pd.concat(frames, ignore_index=True)
@@ -384,21 +511,32 @@ def match_units(correlation_npz: str | Path, out_path: str | Path, *, k_relaxed:
 
 
 def _layer_pair_stats(corr: Correlation, found: dict, null_found: dict) -> list[dict]:
-    """Per (layer_a, layer_b): counts and mean r of each criterion's observed and null matches."""
+    """Per (layer_a, layer_b): counts and mean r of each criterion's observed matches, and the null's
+    counts averaged over its draws (`null_<criterion>`) with their SD (`null_<criterion>_sd`)."""
     la, lb = corr.units_a["layer"].values, corr.units_b["layer"].values
     layers_a, layers_b = [int(x) for x in np.unique(la)], [int(x) for x in np.unique(lb)]
     stats = {(x, y): {"layer_a": x, "layer_b": y} for x in layers_a for y in layers_b}
-    for prefix, source in (("", found), ("null_", null_found)):
-        for name, matches in source.items():
-            for entry in stats.values():
-                entry[f"{prefix}{name}"] = 0
-                entry[f"{prefix}{name}_mean_r"] = None
-            if not len(matches):
-                continue
+
+    def per_pair(matches) -> tuple[dict, dict]:
+        counts, means = {}, {}
+        if len(matches):
             frame = pd.DataFrame({"la": la[matches.a], "lb": lb[matches.b], "r": matches.r})
             for (x, y), group in frame.groupby(["la", "lb"]):
-                stats[(int(x), int(y))][f"{prefix}{name}"] = int(len(group))
-                stats[(int(x), int(y))][f"{prefix}{name}_mean_r"] = float(group["r"].mean())
+                counts[(int(x), int(y))] = int(len(group))
+                means[(int(x), int(y))] = float(group["r"].mean())
+        return counts, means
+
+    for name, matches in found.items():
+        counts, means = per_pair(matches)
+        for key, entry in stats.items():
+            entry[name] = counts.get(key, 0)
+            entry[f"{name}_mean_r"] = means.get(key)
+    for name, draws in null_found.items():
+        per_draw = [per_pair(m)[0] for m in draws]
+        for key, entry in stats.items():
+            values = np.array([c.get(key, 0) for c in per_draw], np.float64)
+            entry[f"null_{name}"] = float(values.mean())
+            entry[f"null_{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return list(stats.values())
 
 
@@ -412,24 +550,33 @@ def read_summary(path_or_summary: str | Path | dict) -> dict:
 
 
 def rosetta_sets_from_pairs(correlation_npzs: Mapping[tuple[str, str], str | Path], models: Sequence[str],
-                            out_path: str | Path, anchor: str | None = None, cycle: bool = True, k: int = 1,
-                            k_back: int | None = None, summary_path: str | Path | None = None) -> tuple[Path, Path]:
+                            out_path: str | Path, anchor: str | None = None, cycle: bool = True,
+                            k_back: int = DEFAULT_K_BACK, summary_path: str | Path | None = None) -> tuple[Path, Path]:
     """Rosetta sets across >= 3 `models` from pairwise correlation files.
 
-    `correlation_npzs[(m, n)]`: a `correlate_units` file of m (as A) with n (as B); either orientation of
-    a pair will do. Anchor mode (the Rosetta Neurons reference) needs (anchor, m) for every other m; the
-    cycle-consistent mode (`cycle=True`: every pair of members mutually matched, a clique) needs all
-    pairs. Criterion as `mutual_matches(k, k_back)` (k=1: strict best buddies).
+    Two variants, each a `mode` of the table:
 
-    Table (parquet or CSV by suffix), one row per set: `mode` ("anchor" | "cycle"), `set_id` (rank in
-    its mode, best mean r first), `anchor`, and per model m the columns `{m}_unit` (flat unit index),
-    `{m}_layer`, `{m}_neuron`, `{m}_r` (r with the anchor unit; 1 for the anchor), then `mean_r`.
-    Anchor sets also say `cycle_consistent`. Summary JSON (default: suffix .json): counts per mode,
-    the same counts on the rotation nulls of the pairs (A of each stored pair rotated; a rough null:
-    a set needs chance matches in every pair at once), the models and the anchor.
+    - `anchor`, the Rosetta Neurons reference (Dravid et al. 2023, `match_utils/universal.py`): a unit of
+      the anchor model whose best partner in model m (top-1) has the anchor unit within its own top
+      `k_back` (default 5), for every other model m; the set is the anchor unit with those partners.
+      Needs the pairs (anchor, m). `k_back=1` makes it strict (mutual best buddies).
+    - `cycle` (`cycle=True`), stricter: strict mutual best buddies (top-1 both ways) in every pair of
+      members, so the set is a clique of the match graph and independent of the anchor. Needs all pairs.
+
+    `correlation_npzs[(m, n)]`: a `correlate_units` file of m (as A) with n (as B); either orientation.
+
+    Table (parquet or CSV by suffix), one row per set: `mode`, `set_id` (rank in its mode, best mean r
+    first), `anchor`, per model m the columns `{m}_unit` (flat unit index), `{m}_layer`, `{m}_neuron`,
+    `{m}_r` (r with the anchor unit; 1 for the anchor), then `mean_r`. Anchor sets also say
+    `cycle_consistent` (the set is a strict cycle set too). Summary JSON (default: suffix .json): counts
+    per mode and, when every pair has rotation nulls, the same counts on each null draw (draw q of every
+    pair at once) as a band: null mean, SD, z-score and empirical p (`null_band`).
     """
     models = list(models)
     anchor = models[0] if anchor is None else anchor
+    k_back = int(k_back)
+    if k_back < 1:
+        raise ValueError(f"k_back must be >= 1, got {k_back}")
     corrs = {}
     for (m, n), path in correlation_npzs.items():
         corr = load_correlation(path)
@@ -445,28 +592,40 @@ def rosetta_sets_from_pairs(correlation_npzs: Mapping[tuple[str, str], str | Pat
     if missing:
         mode = "cycle-consistent sets need every pair" if cycle else f"anchor sets need every pair with {anchor!r}"
         raise ValueError(f"{mode}; missing correlations for {missing}")
-    observed = {pair: c.observed for pair, c in corrs.items()}
-    frames, counts, null_counts = [], {}, {}
-    modes = {"anchor": False, "cycle": True} if cycle else {"anchor": False}
-    found = {mode: rosetta_sets(observed, models, anchor, k=k, k_back=k_back, cycle=flag)
-             for mode, flag in modes.items()}
-    cycle_keys = {tuple(u) for u in found["cycle"].units.tolist()} if cycle else set()
+    modes = {"anchor": dict(k=1, k_back=k_back, cycle=False)}
+    if cycle:
+        modes["cycle"] = dict(k=1, k_back=1, cycle=True)
+
+    def find(partners):
+        return {mode: rosetta_sets(partners, models, anchor, **kw) for mode, kw in modes.items()}
+
+    found = find({pair: c.observed for pair, c in corrs.items()})
+    strict_keys = {tuple(u) for u in found["cycle"].units.tolist()} if cycle else set()
+    frames, counts = [], {}
     for mode, sets in found.items():
         frame = _sets_frame(sets, labels, mode)
         if mode == "anchor" and cycle:
-            frame["cycle_consistent"] = [tuple(u) in cycle_keys for u in sets.units.tolist()]
+            frame["cycle_consistent"] = [tuple(u) in strict_keys for u in sets.units.tolist()]
         frames.append(frame)
         counts[mode] = len(sets)
-    if all(c.null is not None for c in corrs.values()):
-        nulls = {pair: c.null for pair, c in corrs.items()}
-        for mode, flag in modes.items():
-            null_sets = rosetta_sets(nulls, models, anchor, k=k, k_back=k_back, cycle=flag)
-            null_counts[mode] = {"sets": len(null_sets), "max_mean_r": _max(null_sets.mean_r)}
+    null_summary = None
+    draws = min((len(c.nulls) for c in corrs.values()), default=0)
+    if draws:
+        per_draw = [find({pair: c.nulls[q] for pair, c in corrs.items()}) for q in range(draws)]
+        null_summary = {}
+        for mode in modes:
+            band = null_band(counts[mode], [len(d[mode]) for d in per_draw])
+            null_summary[mode] = {"sets": band["null"], "sets_sd": band["null_sd"], "excess": band["excess"],
+                                  "z": band["z"], "p": band["p"], "draws": draws,
+                                  "sets_per_draw": [len(d[mode]) for d in per_draw],
+                                  "max_mean_r": _max(np.concatenate([d[mode].mean_r for d in per_draw]))}
     table = pd.concat(frames, ignore_index=True)
     if "cycle_consistent" in table:
         table["cycle_consistent"] = table["cycle_consistent"].astype("boolean")
-    summary = {"models": models, "anchor": anchor, "k": int(k), "k_back": k_back, "cycle": bool(cycle),
-               "sets": counts, "null": null_counts or None,
+    summary = {"models": models, "anchor": anchor, "k_back": k_back, "cycle": bool(cycle),
+               "criteria": {"anchor": f"reference: anchor's top-1 partner has the anchor in its top-{k_back}",
+                            **({"cycle": "strict: mutual best buddies in every pair of members"} if cycle else {})},
+               "sets": counts, "null": null_summary,
                "dataset": next(iter(corrs.values())).meta.get("dataset"),
                "correlations": {f"{m}__{n}": str(p) for (m, n), p in correlation_npzs.items()}}
     out_path = Path(out_path)
@@ -516,9 +675,10 @@ def null_excess_table(match_summaries: Mapping[Any, str | Path | dict] | Iterabl
     model m, or None. Trained pairs are those where neither model is some model's control. The control
     pair is (a, control of b), else (control of a, b), in either stored orientation, when it exists.
 
-    Columns: model_a, model_b, criterion, matches, mean_r, null_matches, null_mean_r, excess_over_null,
-    excess_mean_r_over_null, above_null_max, null_max_abs_r, control_pair, control_matches,
-    control_mean_r, excess_over_control, excess_mean_r_over_control.
+    Columns: model_a, model_b, criterion, matches, mean_r, null_matches (mean over the null draws),
+    null_matches_sd, z_matches, p_matches, null_mean_r, null_mean_r_sd, z_mean_r, p_mean_r, null_draws,
+    excess_over_null, excess_mean_r_over_null, above_null_max, null_max_abs_r, control_pair,
+    control_matches, control_mean_r, excess_over_control, excess_mean_r_over_control.
     """
     items = match_summaries.values() if isinstance(match_summaries, Mapping) else match_summaries
     summaries = {}
@@ -536,7 +696,11 @@ def null_excess_table(match_summaries: Mapping[Any, str | Path | dict] | Iterabl
             row = {
                 "model_a": a, "model_b": b, "criterion": criterion,
                 "matches": rep.get("matches_observed"), "mean_r": _num(rep.get("mean_r_observed")),
-                "null_matches": _num(rep.get("matches_null")), "null_mean_r": _num(rep.get("mean_r_null")),
+                "null_matches": _num(rep.get("matches_null")), "null_matches_sd": _num(rep.get("matches_null_sd")),
+                "z_matches": _num(rep.get("z_matches")), "p_matches": _num(rep.get("p_matches")),
+                "null_mean_r": _num(rep.get("mean_r_null")), "null_mean_r_sd": _num(rep.get("mean_r_null_sd")),
+                "z_mean_r": _num(rep.get("z_mean_r")), "p_mean_r": _num(rep.get("p_mean_r")),
+                "null_draws": rep.get("null_draws"),
                 "excess_over_null": _num(rep.get("excess_matches")),
                 "excess_mean_r_over_null": _num(rep.get("excess_mean_r")),
                 "above_null_max": rep.get("above_null_max"), "null_max_abs_r": _num(rep.get("null_max_abs_r")),
@@ -552,7 +716,8 @@ def null_excess_table(match_summaries: Mapping[Any, str | Path | dict] | Iterabl
                 row["excess_mean_r_over_control"] = row["mean_r"] - row["control_mean_r"]
             rows.append(row)
     return pd.DataFrame(rows, columns=[
-        "model_a", "model_b", "criterion", "matches", "mean_r", "null_matches", "null_mean_r", "excess_over_null",
+        "model_a", "model_b", "criterion", "matches", "mean_r", "null_matches", "null_matches_sd", "z_matches",
+        "p_matches", "null_mean_r", "null_mean_r_sd", "z_mean_r", "p_mean_r", "null_draws", "excess_over_null",
         "excess_mean_r_over_null", "above_null_max", "null_max_abs_r", "control_pair", "control_matches",
         "control_mean_r", "excess_over_control", "excess_mean_r_over_control"])
 
@@ -626,6 +791,7 @@ def _num(x) -> float:
 
 __all__ = [
     "Correlation", "FlatUnits", "check_same_positions", "correlate_units", "layer_rotations", "load_correlation",
+    "rotated_correlations",
     "unit_moments",
     "match_units", "null_excess_table", "read_summary", "read_table", "rosetta_sets_from_pairs", "save_table",
     "set_models", "write_json",

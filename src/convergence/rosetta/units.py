@@ -8,12 +8,25 @@ with whole layers and neurons per chunk. Coordinates:
 - `sample_id` (position): the sample the position belongs to (samples in the dataset's order);
 - `unit_pos` (position): the position inside its sample: the word index for text, the cell index
   `row * grid + col` for images;
-- `layer` (layer): hidden-state indices (0 = embedding output), as in the pooled stores;
+- `layer` (layer): hidden-state indices (0 = embedding output), as in the pooled stores; for MLP units
+  (below) index i names the MLP of the block whose output is hidden state i (block i-1, 0-based);
 - text only: `word` (the word's string), `char_start`, `char_end` (its span in the sample's text).
 
 Attributes as the pooled stores (model, source, init, seed, modality, kind, n_params, params_sha256,
-dataset, dataset_sha256, packages, ...) plus `positions` ("word" or "cell"), `word_pattern` or `grid`,
-`layers`, `n_positions`, `n_samples`.
+dataset, dataset_sha256, packages, ...) plus `units` ("mlp" or "residual"), `positions` ("word" or
+"cell"), `word_pattern` or `grid`, `layers`, `n_positions`, `n_samples`.
+
+What a unit is (`units` in the model's config entry, see `unit_kind`):
+
+- `mlp` (the default for language models): the MLP's post-activation neurons of each chosen block, the
+  units whose basis the nonlinearity privileges (Gurnee et al. 2024, *Universal Neurons in GPT2*; Dravid
+  et al. 2026, *Neuron Populations Exhibit Divergent Selectivity with Scale*). Read by forward hooks on the
+  one model (`mlp_sites`): for Llama, Gemma, Mistral, Qwen the input of `mlp.down_proj`, i.e.
+  act(gate_proj x) * up_proj x; for BERT, MPNet, RoBERTa the output of `intermediate` (act(dense x));
+  for GPT-2 the input of `mlp.c_proj`, for GPT-NeoX/Pythia the input of `mlp.dense_4h_to_h`.
+- `residual`: the hidden states (residual-stream coordinates, which have no privileged basis: a
+  rotation of them is as good a basis, see the rotation null in `convergence.rosetta.stage`). The only
+  kind for vision models: patch tokens or CNN feature maps.
 
 Positions are what makes units of different models comparable, so they never depend on the model:
 
@@ -68,6 +81,18 @@ CHUNK_BYTES = 16 * 2**20
 CHUNK_ROWS_RANGE = (256, 16384)
 POSITION_DIM = "position"
 UNITS_DIMS = (POSITION_DIM, "layer", "neuron")
+UNIT_KINDS = ("mlp", "residual")
+# Where a block's MLP neurons are, tried in this order: (module path inside the block, "input" of that
+# module or its "output"). The post-activation units are the input of the down projection, or the output
+# of BERT's `intermediate` (dense + activation).
+MLP_SITES = (
+    ("mlp.down_proj", "input"),  # Llama, Gemma, Mistral, Qwen: act(gate) * up
+    ("intermediate", "output"),  # BERT, MPNet, RoBERTa: act(dense(x))
+    ("mlp.c_proj", "input"),  # GPT-2
+    ("mlp.dense_4h_to_h", "input"),  # GPT-NeoX, Pythia
+    ("mlp.fc2", "input"),  # Phi, CLIP text
+    ("fc2", "input"),  # OPT
+)
 
 
 class UnitsError(ValueError):
@@ -150,6 +175,19 @@ def spatial_units(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], 
     return torch.stack(cells, dim=2)
 
 
+def image_units(lm: LoadedModel, images: Sequence, layers: Sequence[int], grid: int) -> torch.Tensor:
+    """Units of in-memory images: `[B, grid*grid, len(layers), D]` float32 (see `spatial_units`).
+
+    `lm`: a vision model from `convergence.models.load_model`; `images`: PIL images (or whatever its
+    processor takes); `layers`: hidden-state indices. Runs one forward pass without gradients. The
+    cells are those of a units store written by `extract_units` for the same model, grid and layers.
+    """
+    with torch.inference_mode():
+        pixels = lm.processor(images=list(images), return_tensors="pt")["pixel_values"].to(lm.device)
+        out = lm.model(pixel_values=pixels.to(lm.model.dtype), output_hidden_states=True)
+        return spatial_units(out.hidden_states, [int(i) for i in layers], int(grid), _patch_grid(lm.model, pixels))
+
+
 def _square_grid(n_tokens: int, layer: int, exact: bool = False) -> tuple[int, int]:
     side = int(np.sqrt(max(n_tokens, 0)))
     while (side + 1) ** 2 <= n_tokens:
@@ -169,6 +207,93 @@ def _patch_grid(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[int, int]
     return pixels.shape[-2] // ph, pixels.shape[-1] // pw
 
 
+# ---------------------------------------------------------------- what a unit is
+
+
+def unit_kind(spec: dict) -> str:
+    """The model's units: its config's `units`, else "mlp" for language models and "residual" for vision."""
+    modality = spec.get("modality", "language")
+    kind = spec.get("units") or ("mlp" if modality == "language" else "residual")
+    if kind not in UNIT_KINDS:
+        raise UnitsError(f"units must be one of {list(UNIT_KINDS)}, got {kind!r}")
+    if kind == "mlp" and modality != "language":
+        raise UnitsError("units: mlp is for language models; vision models use their feature maps or patch tokens "
+                         "(units: residual)")
+    return kind
+
+
+def transformer_blocks(model: torch.nn.Module, n_blocks: int) -> tuple[str, torch.nn.ModuleList]:
+    """The model's list of `n_blocks` transformer blocks (the first ModuleList of that length), with its name."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_blocks:
+            return name, module
+    raise UnitsError(f"{type(model).__name__}: found no list of {n_blocks} transformer blocks (a torch ModuleList) "
+                     "whose MLPs could be hooked; use units: residual for this model")
+
+
+def mlp_sites(model: torch.nn.Module, layers: Sequence[int], n_hidden_states: int) -> dict[int, tuple[torch.nn.Module, str]]:
+    """Hidden-state index i -> (module, "input" | "output") holding the post-activation MLP units of block i-1.
+
+    Raises UnitsError naming the model class and the modules searched when a block has none of `MLP_SITES`,
+    or for layer 0 (the embedding output has no MLP).
+    """
+    if any(int(i) == 0 for i in layers):
+        raise UnitsError("units: mlp has no layer 0 (the embedding output comes from no MLP); choose units_layers "
+                         f"from 1 to {n_hidden_states - 1}")
+    prefix, blocks = transformer_blocks(model, n_hidden_states - 1)
+    sites = {}
+    for i in layers:
+        block = blocks[int(i) - 1]
+        for path, where in MLP_SITES:
+            try:
+                sites[int(i)] = (block.get_submodule(path), where)
+                break
+            except AttributeError:
+                continue
+        else:
+            searched = ", ".join(f"{prefix}.{int(i) - 1}.{p}" for p, _ in MLP_SITES)
+            raise UnitsError(f"units: mlp: found no MLP in {type(model).__name__} block {int(i) - 1} "
+                             f"({type(block).__name__}); searched {searched}. Use units: residual for this model, "
+                             "or add its MLP module to convergence.rosetta.units.MLP_SITES")
+    return sites
+
+
+class MLPCapture:
+    """Forward hooks that keep the post-activation MLP units of chosen blocks during one forward pass.
+
+    `with MLPCapture(model, layers, n_hidden_states) as capture: model(...)`; then `capture.stacked(layers)`
+    is `[B, L, T, D_mlp]` float32. The hooks are removed on exit, also after an error.
+    """
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int], n_hidden_states: int):
+        self.sites = mlp_sites(model, layers, n_hidden_states)
+        self.values: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "MLPCapture":
+        for i, (module, where) in self.sites.items():
+            if where == "input":
+                hook = module.register_forward_pre_hook(lambda _m, args, i=i: self._keep(i, args[0]))
+            else:
+                hook = module.register_forward_hook(lambda _m, _args, out, i=i: self._keep(i, out))
+            self._handles.append(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _keep(self, layer: int, value: torch.Tensor) -> None:
+        self.values[layer] = value.detach()
+
+    def stacked(self, layers: Sequence[int]) -> torch.Tensor:
+        missing = [i for i in layers if int(i) not in self.values]
+        if missing:
+            raise UnitsError(f"the forward pass never reached the MLPs of layers {missing}")
+        return torch.stack([self.values.pop(int(i)) for i in layers], dim=1).float()
+
+
 # ---------------------------------------------------------------- inputs
 
 
@@ -177,12 +302,13 @@ class TextUnits:
 
     positions = "word"
 
-    def __init__(self, lm: LoadedModel, texts: list[str], sample_ids: list[str], max_length: int):
+    def __init__(self, lm: LoadedModel, texts: list[str], sample_ids: list[str], max_length: int,
+                 units: str = "residual"):
         tok = lm.processor
         if not getattr(tok, "is_fast", False):
             raise UnitsError(f"units of {lm.source} need a fast tokenizer (character offsets); "
                              f"{type(tok).__name__} is not one")
-        self.lm, self.texts, self.ids, self.max_length = lm, texts, sample_ids, max_length
+        self.lm, self.texts, self.ids, self.max_length, self.units = lm, texts, sample_ids, max_length, units
         self.words = [split_words(t) for t in texts]
         enc = tok(texts, truncation=False, padding=False, return_offsets_mapping=True,
                   return_special_tokens_mask=True)
@@ -201,16 +327,22 @@ class TextUnits:
         base = getattr(lm.model, "base_model", None) if lm.kind == "causal_lm" else None
         self.net = base if isinstance(base, torch.nn.Module) and base is not lm.model else lm.model
         self._accepted = inspect.signature(self.net.forward).parameters
+        self._mlp_checked = False
 
     def forward(self, idx: np.ndarray, layers: list[int]) -> list[np.ndarray]:
-        """Per sample of `idx`: `[n_words, L, D]` float32."""
+        """Per sample of `idx`: `[n_words, L, D]` float32 (D: the MLP width for units "mlp")."""
         lm = self.lm
         enc = lm.processor([self.texts[i] for i in idx], padding=True, truncation=False, return_tensors="pt",
                            return_offsets_mapping=True, return_special_tokens_mask=True)
         offsets, special = enc.pop("offset_mapping").numpy(), enc.pop("special_tokens_mask").numpy()
         inputs = {k: v.to(lm.device) for k, v in enc.items() if k in self._accepted}
-        out = self.net(**inputs, output_hidden_states=True)
-        hidden = torch.stack([out.hidden_states[i] for i in layers], dim=1).float()  # [B, L, T, D]
+        if self.units == "mlp":
+            with MLPCapture(self.net, layers, lm.n_hidden_states) as capture:
+                self.net(**inputs)
+            hidden = capture.stacked(layers)  # [B, L, T, D_mlp]
+        else:
+            out = self.net(**inputs, output_hidden_states=True)
+            hidden = torch.stack([out.hidden_states[i] for i in layers], dim=1).float()  # [B, L, T, D]
         result = []
         for row, i in enumerate(idx):
             weights = word_token_weights(self.words[i], offsets[row], special[row], self.ids[i])
@@ -241,10 +373,7 @@ class ImageUnits:
         from PIL import Image
 
         images = [Image.open(self.paths[i]).convert("RGB") for i in idx]
-        pixels = self.lm.processor(images=images, return_tensors="pt")["pixel_values"].to(self.lm.device)
-        out = self.lm.model(pixel_values=pixels.to(self.lm.model.dtype), output_hidden_states=True)
-        cells = spatial_units(out.hidden_states, layers, self.grid, _patch_grid(self.lm.model, pixels))
-        return list(cells.cpu().numpy())
+        return list(image_units(self.lm, images, layers, self.grid).cpu().numpy())
 
     def coords(self, sample_index: int) -> dict[str, np.ndarray]:
         return {}
@@ -348,7 +477,9 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
     `grid`: cells per side for vision models (default: the spec's `units_grid`, else 8).
     `store_dtype`: "float16" | "float32" (default: the spec's `units_store_dtype`, else float16).
     `window`: samples held in memory at once; `chunk_rows`: positions per Zarr chunk (default ~16 MiB).
+    What a unit is comes from the spec's `units` (see `unit_kind`: "mlp" by default for language models).
     """
+    units = unit_kind(spec)
     if threads:
         torch.set_num_threads(int(threads))
     store_dtype = store_dtype or spec.get("units_store_dtype", DEFAULT_STORE_DTYPE)
@@ -365,7 +496,9 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
                             where=f"models.{model_name}.units_layers")
     ids = df["sample_id"].tolist()
     if modality == "language":
-        inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)))
+        inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)), units=units)
+        if units == "mlp":
+            mlp_sites(inputs.net, layers, lm.n_hidden_states)  # fail before any forward pass
         rule = {"positions": "word", "word_pattern": WORD_PATTERN}
     else:
         inputs = ImageUnits(lm, df["image"].tolist(), int(grid or spec.get("units_grid", DEFAULT_GRID)))
@@ -377,6 +510,7 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
         "seed": int(spec.get("seed", 0)),
         "modality": modality,
         "kind": lm.kind,
+        "units": units,
         **rule,
         "layers": [int(x) for x in layers],
         "n_params": int(lm.n_params),
@@ -407,7 +541,7 @@ REQUIRED_ATTRS = ("model", "modality", "positions", "n_positions", "layers")
 def open_units(path: str | Path) -> xr.Dataset:
     """Open a units store lazily and check it is complete (layout, attributes, number of positions)."""
     return open_checked(path, UNITS_DIMS, REQUIRED_ATTRS, ("sample_id", "unit_pos"), "n_positions",
-                        "convergence.units", error=UnitsError)
+                        "convergence.rosetta.units", error=UnitsError)
 
 
 def units_array(path: str | Path):

@@ -85,6 +85,16 @@ def _pad(layers: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
     return out, widths
 
 
+def _area_mean(image, side: int) -> np.ndarray:
+    """[side, side, 3] float32 area averages of an RGB image (PIL's box filter on float channels, so no
+    rounding to 8 bits)."""
+    from PIL import Image
+
+    channels = [np.asarray(Image.fromarray(np.asarray(c, dtype=np.float32), mode="F").resize((side, side), Image.BOX))
+                for c in image.split()]
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
 def pixel_features(image_paths: list[str], params: dict) -> BaselineFeatures:
     from PIL import Image
 
@@ -99,8 +109,7 @@ def pixel_features(image_paths: list[str], params: dict) -> BaselineFeatures:
             if s > min(image.size):
                 raise BaselineError(f"baseline:pixels: scale {s} px exceeds the image ({image.size[0]}x{image.size[1]}, "
                                     f"{path}); choose scales up to {min(image.size)}")
-            small = np.asarray(image.resize((s, s), Image.BOX), dtype=np.float32)
-            per_scale[k].append(small.reshape(-1) / 127.5 - 1.0)
+            per_scale[k].append(_area_mean(image, s).reshape(-1) / 127.5 - 1.0)
     layers = [np.stack(rows) for rows in per_scale]
     names = [f"{s}px" for s in scales]
     if int(params["random_features"]):

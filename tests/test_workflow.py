@@ -30,6 +30,7 @@ def base_config(tiny_models):
             "bert-random": {"source": f"local:{tiny_models['bert']}", "init": "random", "seed": 0},
             "cnn": {"source": "zoo:cnn", "modality": "vision"},
             "cnn-random": {"source": "zoo:cnn", "modality": "vision", "init": "random"},
+            "bow": {"source": "baseline:bag_of_words"},  # an input baseline: aligned, never in Rosetta
         },
     }
 
@@ -49,6 +50,9 @@ def test_run_writes_stores_that_xarray_opens(finished_run, base_config):
     assert stores["bert"].attrs["params_sha256"] != stores["bert-random"].attrs["params_sha256"]
     assert "bpb" in stores["llama"] and "bpb" not in stores["bert"]
     assert stores["cnn"].attrs["modality"] == "vision" and 0 < stores["cnn"].attrs["accuracy"] <= 1
+    assert stores["cnn"].attrs["layers"] == "blocks" and 0 not in stores["cnn"]["layer"].values  # PRH: no stem
+    assert stores["bow"].attrs["init"] == "baseline" and stores["bow"]["layer_name"].values.tolist() == ["counts", "tfidf"]
+    assert not (finished_run / "results/units/tiny/bow.zarr").exists()
     assert (finished_run / "results/zoo/cnn/metrics.json").exists()
     assert not (finished_run / "results/activations/tiny_train").exists()  # extract.datasets: [tiny]
     assert (finished_run / "results/logs/extract/tiny/llama.log").exists()

@@ -50,7 +50,8 @@ def validate_schema(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     return config
 
 
-SAMPLER_REQUIRED_KEYS = {"scenes": [], "hf": ["path"], "text_file": ["file"]}
+SAMPLER_REQUIRED_KEYS = {"scenes": [], "hf": ["path"], "text_file": ["file"], "image_captions": []}
+IMAGE_SAMPLERS = ("scenes", "image_captions")  # samplers that write images of `image_size` px
 
 
 def check_config(config: dict) -> dict:
@@ -65,6 +66,11 @@ def check_config(config: dict) -> dict:
                 raise ConfigError(
                     f"config key 'datasets.{name}.{key}' is required for sampler '{spec['sampler']}'"
                 )
+        if spec["sampler"] == "image_captions" and bool(spec.get("source")) == bool(spec.get("folder")):
+            raise ConfigError(
+                f"config key 'datasets.{name}': sampler image_captions needs exactly one of `source:` "
+                "(a collection the workflow fetches, e.g. tuxpaint-stamps) and `folder:` (a local folder)"
+            )
     for name, entry in config.get("zoo", {}).items():
         ds = datasets.get(entry["dataset"])
         if ds is None or ds["sampler"] != "scenes":
@@ -85,6 +91,7 @@ def check_config(config: dict) -> dict:
                 )
             if spec["modality"] != "vision":
                 raise ConfigError(f"config key 'models.{name}.modality': zoo models are vision models (set vision)")
+        _check_model_entry(config, name, spec, scheme, ref)
         if scheme == "offline" and ref not in OFFLINE_MODELS:
             raise ConfigError(
                 f"config key 'models.{name}.source': unknown offline model '{ref}'. "
@@ -113,6 +120,45 @@ def check_config(config: dict) -> dict:
             )
     _check_alignment(config)
     return config
+
+
+def _check_model_entry(config: dict, name: str, spec: dict, scheme: str, ref: str) -> None:
+    """Baselines, modality and input size of offline models; fills in the modality's default `layers`."""
+    from convergence.models import default_layers
+    from convergence.models.offline import OFFLINE_MODELS
+
+    if scheme == "baseline":
+        from convergence.models import baselines
+
+        try:
+            baselines.resolve_params(spec["source"], spec.get("baseline"))
+        except baselines.BaselineError as e:
+            raise ConfigError(f"config key 'models.{name}.source': {e}") from None
+        want = baselines.KINDS[baselines.kind_of(spec["source"])]
+        if spec["modality"] != want:
+            raise ConfigError(f"config key 'models.{name}.modality': {spec['source']} is a {want} baseline (set {want})")
+        if spec.get("init", "pretrained") != "pretrained":
+            raise ConfigError(f"config key 'models.{name}.init': a baseline has no weights to re-initialise; remove it")
+        if spec.get("layers") == "blocks":
+            raise ConfigError(f"config key 'models.{name}.layers': a baseline has no embedding layer; use all or a list")
+    elif spec.get("baseline") is not None:
+        raise ConfigError(f"config key 'models.{name}.baseline': only baseline:... sources take baseline options")
+    spec.setdefault("layers", default_layers(spec))
+    entry = OFFLINE_MODELS.get(ref) if scheme == "offline" else None
+    if entry is None:
+        return
+    if spec["modality"] != entry.modality:
+        raise ConfigError(f"config key 'models.{name}.modality': offline model '{ref}' is a {entry.modality} "
+                          f"model (set modality: {entry.modality})")
+    if entry.input_size:
+        for ds in datasets_for_model(config, name):
+            dspec = config["datasets"][ds]
+            if dspec["sampler"] in IMAGE_SAMPLERS and int(dspec.get("image_size", 64)) < entry.input_size:
+                raise ConfigError(
+                    f"config key 'datasets.{ds}.image_size': {dspec.get('image_size', 64)} px images cannot serve "
+                    f"model '{name}' ({ref} runs at {entry.input_size} px); raise image_size to {entry.input_size} "
+                    f"or leave {ds} out of models.{name}.datasets"
+                )
 
 
 def _check_output_folders(config: dict) -> None:
@@ -205,7 +251,7 @@ def model_pairs(config: dict, dataset: str) -> list[tuple[str, str]]:
 # stages' keys (units_layers) stay out: changing them must not recompute stores.
 IDENTITY_KEYS = ("source", "revision", "gguf_file", "modality", "kind", "init", "seed", "dtype",
                  "trust_remote_code", "max_length")
-EXTRACT_KEYS = IDENTITY_KEYS + ("pooling", "layers", "store_dtype")
+EXTRACT_KEYS = IDENTITY_KEYS + ("pooling", "layers", "store_dtype", "baseline")
 UNITS_KEYS = IDENTITY_KEYS + ("units", "units_layers")
 
 
@@ -230,9 +276,11 @@ def controls_of(config: dict) -> dict[str, str | None]:
 
 
 def rosetta_models(config: dict, dataset: str, modality: str) -> list[str]:
+    """Models whose units Rosetta matches; input baselines have no units (they are no network)."""
     chosen = config.get("rosetta", {}).get("models")
     return sorted(m for m in models_on(config, dataset)
-                  if config["models"][m]["modality"] == modality and (chosen is None or m in chosen))
+                  if config["models"][m]["modality"] == modality and (chosen is None or m in chosen)
+                  and not config["models"][m]["source"].startswith("baseline:"))
 
 
 def rosetta_groups(config: dict) -> list[tuple[str, str]]:
@@ -263,7 +311,7 @@ def load_config(path: str | Path) -> dict:
 
 def dataset_modalities(dataset_spec: dict) -> set[str]:
     """Which model modalities a dataset can feed: text for language models, images for vision."""
-    if dataset_spec["sampler"] == "scenes":
+    if dataset_spec["sampler"] in IMAGE_SAMPLERS:
         return {"language", "vision"}
     if dataset_spec["sampler"] == "hf":
         mods = set()

@@ -7,6 +7,12 @@ The store (`results/activations/{dataset}/{model}.zarr`, DESIGN §2) holds `acti
 
 Samples are processed in windows of `chunk_size` (one Zarr chunk each); inside a window they are sorted by
 length so batches carry little padding, then put back in order. Memory is bounded by one window.
+
+Layers of different widths (CNN stages, the pixel baseline's scales) are zero-padded to the widest and
+the store gets a coordinate `width` (dims `layer`) with each layer's true width
+(`convergence.store.layer_widths`); models that name their layers add `layer_name`. Input baselines
+(`source: baseline:...`, `convergence.models.baselines`) are computed from the samples and written the
+same way, with `init: baseline`, `kind: baseline` and `n_params: 0`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from convergence.datasets import read_samples
-from convergence.models import LoadedModel, load_model, resolve_layers
+from convergence.models import LoadedModel, default_layers, load_model, resolve_layers
 from convergence.utils import atomic_path, package_versions
 
 STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -100,22 +106,95 @@ class TextInputs:
                 "n_tokens": (("sample",), ntok.astype(np.int64))}
 
 
+def processor_input_size(processor) -> tuple[int, int] | None:
+    """(height, width) an image processor resizes to, where it says so (ours: `input_size`; transformers:
+    `crop_size` / `size`); None when it does not."""
+    if getattr(processor, "input_size", None):
+        return tuple(processor.input_size)
+    for key in ("crop_size", "size"):
+        size = getattr(processor, key, None)
+        if isinstance(size, dict):
+            if "height" in size and "width" in size:
+                return int(size["height"]), int(size["width"])
+            if "shortest_edge" in size:
+                return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return None
+
+
+def check_images_serve(paths: list[str], needed: tuple[int, int] | None, model_name: str, samples_path) -> None:
+    """Fail when no image is as large as the model's input (the dataset was sampled too small for it);
+    warn, with a count, when only some are (they are upsampled)."""
+    from PIL import Image
+
+    if needed is None or not paths:
+        return
+    small = []
+    for p in paths:
+        with Image.open(p) as im:  # reads the header only
+            if min(im.size) < min(needed):
+                small.append(im.size)
+    if len(small) == len(paths):
+        sizes = sorted(set(small))
+        raise ExtractionError(
+            f"{samples_path}: vision model '{model_name}' runs at {needed[0]}x{needed[1]} px but every image of "
+            f"this dataset is smaller (e.g. {sizes[0][0]}x{sizes[0][1]}); sample the dataset at image_size >= "
+            f"{min(needed)} (datasets.<name>.image_size), or extract this model on another dataset"
+        )
+    if small:
+        print(f"warning: {len(small)} of {len(paths)} images are smaller than {model_name}'s input "
+              f"({needed[0]}x{needed[1]} px) and are upsampled", file=sys.stderr)
+
+
 class ImageInputs:
     """Images for a vision model, preprocessed by the model's own image processor."""
 
     def __init__(self, lm: LoadedModel, image_paths: list[str]):
         self.lm, self.paths = lm, image_paths
         self.lengths = np.zeros(len(image_paths), np.int64)  # one size: no reordering needed
+        self.widths: list[int] | None = None
 
     def forward(self, idx: np.ndarray, pooling: str, layers: list[int]):
         from PIL import Image
 
         from convergence.vision import pool_vision_hidden_states
+        from convergence.vision.pooling import layer_widths
 
         images = [Image.open(self.paths[i]).convert("RGB") for i in idx]
         pixels = self.lm.processor(images=images, return_tensors="pt")["pixel_values"].to(self.lm.device)
         out = self.lm.model(pixel_values=pixels.to(self.lm.model.dtype), output_hidden_states=True)
-        return pool_vision_hidden_states(out.hidden_states, pooling, layers).cpu().numpy(), {}
+        self.widths = layer_widths(out.hidden_states, layers)
+        return pool_vision_hidden_states(out.hidden_states, pooling, layers, pad_widths=True).cpu().numpy(), {}
+
+    def layer_coords(self, layers: list[int]) -> dict:
+        coords = {}
+        if self.widths is not None and len(set(self.widths)) > 1:
+            coords["width"] = ("layer", np.array(self.widths, np.int64))
+        names = getattr(self.lm.model, "layer_names", None)
+        if names is not None:
+            coords["layer_name"] = ("layer", np.array([names[i] for i in layers], dtype=object))
+        return coords
+
+    def window_vars(self, start: int, stop: int, extras: dict) -> dict:
+        return {}
+
+
+class BaselineInputs:
+    """Features computed up front (an input baseline): windows take their rows."""
+
+    def __init__(self, features, layers: list[int]):
+        widths = [features.widths[i] for i in layers]
+        self.values = features.values[:, layers, : max(widths)]
+        self.widths, self.names = widths, [features.layer_names[i] for i in layers]
+        self.lengths = np.zeros(len(self.values), np.int64)
+
+    def forward(self, idx: np.ndarray, pooling: str, layers: list[int]):
+        return self.values[idx], {}
+
+    def layer_coords(self, layers: list[int]) -> dict:
+        coords = {"layer_name": ("layer", np.array(self.names, dtype=object))}
+        if len(set(self.widths)) > 1:
+            coords["width"] = ("layer", np.array(self.widths, np.int64))
+        return coords
 
     def window_vars(self, start: int, stop: int, extras: dict) -> dict:
         return {}
@@ -137,7 +216,8 @@ def _write_window(ds: xr.Dataset, path: Path, first: bool, chunk_size: int) -> N
             enc = {"activations": {"chunks": (chunk_size,) + ds["activations"].shape[1:]}}
             ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, encoding=enc)
         else:
-            ds.drop_vars("layer").to_zarr(path, append_dim="sample", consolidated=True)
+            per_layer = [name for name, c in ds.coords.items() if c.dims == ("layer",)]
+            ds.drop_vars(per_layer).to_zarr(path, append_dim="sample", consolidated=True)
 
 
 def extract_windows(inputs, sample_ids: list[str], out: Path, layers: list[int], pooling: str, batch_size: int,
@@ -164,8 +244,9 @@ def extract_windows(inputs, sample_ids: list[str], out: Path, layers: list[int],
                 )
             data = {"activations": (("sample", "layer", "neuron"), acts.astype(store_dtype)),
                     **inputs.window_vars(start, stop, extras)}
+            layer_coords = inputs.layer_coords(layers) if hasattr(inputs, "layer_coords") else {}
             ds = xr.Dataset(data, coords={"sample_id": ("sample", np.array(sample_ids[start:stop], dtype=object)),
-                                          "layer": np.array(layers)})
+                                          "layer": np.array(layers), **layer_coords})
             ds.attrs = attrs  # every window: an append rewrites the group's attributes
             _write_window(ds, out, first=start == 0, chunk_size=chunk_size)
     bar.close()
@@ -184,7 +265,9 @@ def _inputs_for(lm: LoadedModel, df, modality: str, spec: dict, model_name: str,
             print(f"warning: {inputs.n_truncated} of {len(df)} texts exceed max_length={inputs.max_length} "
                   "tokens and are truncated", file=sys.stderr)
         return inputs
-    return ImageInputs(lm, df["image"].tolist())
+    inputs = ImageInputs(lm, df["image"].tolist())
+    check_images_serve(inputs.paths, processor_input_size(lm.processor), model_name, samples_path)
+    return inputs
 
 
 def _performance(lm: LoadedModel, spec: dict) -> dict:
@@ -206,8 +289,12 @@ def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, 
         torch.set_num_threads(int(threads))
     df, meta = read_samples(samples_path)
     modality = spec.get("modality", "language")
+    if spec["source"].startswith("baseline:"):
+        return _extract_baseline(df, meta, spec, out_path, model_name=model_name, dataset_name=dataset_name,
+                                 samples_path=samples_path, chunk_size=chunk_size, progress=progress)
     lm = load_model(spec, resources_dir, zoo_dir=zoo_dir)
-    layers = resolve_layers(spec.get("layers", "all"), lm.n_hidden_states, where=f"models.{model_name}.layers")
+    layers = resolve_layers(spec.get("layers") or default_layers(spec), lm.n_hidden_states,
+                            where=f"models.{model_name}.layers")
     inputs = _inputs_for(lm, df, modality, spec, model_name, samples_path)
     attrs = {
         "model": model_name,
@@ -219,6 +306,7 @@ def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, 
         "pooling": spec.get("pooling", "mean"),
         "n_params": int(lm.n_params),
         "n_hidden_states": int(lm.n_hidden_states),
+        "layers": spec.get("layers") or default_layers(spec),
         "dtype": spec.get("dtype", "float32"),
         "store_dtype": spec.get("store_dtype", "float32"),
         "max_length": int(spec.get("max_length", 128)),
@@ -235,4 +323,58 @@ def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, 
         extract_windows(inputs, df["sample_id"].tolist(), tmp, layers, pooling=attrs["pooling"],
                         batch_size=int(spec.get("batch_size", 32)), chunk_size=chunk_size,
                         store_dtype=STORE_DTYPES[attrs["store_dtype"]], attrs=attrs, progress=progress)
+    return Path(out_path)
+
+
+def _extract_baseline(df, meta: dict, spec: dict, out_path, *, model_name: str, dataset_name: str | None,
+                      samples_path, chunk_size: int, progress: bool) -> Path:
+    """An input baseline as a store: features of the samples themselves, no model."""
+    import json
+
+    from convergence.models import baselines
+
+    kind = baselines.kind_of(spec["source"])
+    modality = spec.get("modality", "language")
+    if baselines.KINDS[kind] != modality:
+        raise ExtractionError(f"models.{model_name}: {spec['source']} is a {baselines.KINDS[kind]} baseline "
+                              f"(set modality: {baselines.KINDS[kind]})")
+    column = "text" if modality == "language" else "image"
+    if column not in df or df[column].isna().any():
+        raise ExtractionError(f"{samples_path}: {spec['source']} needs one {column} per sample")
+    features = baselines.compute(spec["source"], spec.get("baseline"),
+                                 texts=df["text"].tolist() if modality == "language" else None,
+                                 image_paths=df["image"].tolist() if modality == "vision" else None)
+    selection = spec.get("layers") or "all"
+    if selection == "blocks":
+        raise ExtractionError(f"models.{model_name}.layers: a baseline has no embedding layer to leave out; "
+                              "use all or a list")
+    layers = resolve_layers(selection, len(features.layer_names), where=f"models.{model_name}.layers")
+    inputs = BaselineInputs(features, layers)
+    attrs = {
+        "model": model_name,
+        "source": spec["source"],
+        "init": "baseline",
+        "seed": int(features.params.get("seed", 0)),
+        "modality": modality,
+        "kind": "baseline",
+        "baseline": kind,
+        "baseline_params": json.dumps(features.params, sort_keys=True),
+        "baseline_info": json.dumps(features.info, sort_keys=True),
+        "pooling": "none",
+        "n_params": 0,
+        "n_hidden_states": len(features.layer_names),
+        "layers": selection,
+        "dtype": "float32",
+        "store_dtype": spec.get("store_dtype", "float32"),
+        "weights_sha256": "",
+        "params_sha256": features.params_sha256,
+        "dataset": dataset_name or meta.get("dataset", ""),
+        "dataset_sha256": meta.get("content_sha256", ""),
+        "n_samples": int(len(df)),
+        "packages": package_versions(),
+    }
+    with atomic_path(out_path) as tmp:
+        extract_windows(inputs, df["sample_id"].tolist(), tmp, layers, pooling="none", batch_size=len(df),
+                        chunk_size=chunk_size, store_dtype=STORE_DTYPES[attrs["store_dtype"]], attrs=attrs,
+                        progress=progress)
     return Path(out_path)

@@ -69,3 +69,12 @@ def check_same_samples(a: xr.Dataset, b: xr.Dataset, names=("a", "b")) -> None:
             f"stores {names[0]} and {names[1]} hold different samples ({len(ida)} vs {len(idb)} rows; "
             f"first difference at row {first}). Extract both models from the same samples.parquet."
         )
+
+
+def layer_widths(ds: xr.Dataset) -> np.ndarray:
+    """Per layer, how many leading neurons are real: a store of layers of different widths (CNN stages,
+    the pixel baseline's scales) zero-pads each layer to the widest and records the true widths in the
+    coordinate `width`. Stores without it hold every neuron of every layer."""
+    if "width" in ds.coords:
+        return np.asarray(ds["width"].values, dtype=np.int64)
+    return np.full(ds.sizes["layer"], ds.sizes["neuron"], dtype=np.int64)

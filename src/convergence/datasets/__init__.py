@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -52,8 +52,11 @@ def _hash_record(digest, rec: dict) -> None:
         digest.update(img.tobytes())
 
 
-def write_samples(records: Iterator[dict], out_dir: str | Path, meta: dict) -> Path:
-    """Write records as samples.parquet (+ images/), atomically. Returns the parquet path."""
+def write_samples(records: Iterable[dict], out_dir: str | Path, meta: dict) -> Path:
+    """Write records as samples.parquet (+ images/), atomically. Returns the parquet path.
+
+    A sampler's iterable may carry a `meta` dict (counts, provenance) complete after iteration: it is
+    merged into the file's metadata."""
     out_dir = Path(out_dir)
     parquet = out_dir / "samples.parquet"
     images = out_dir / "images"
@@ -61,7 +64,7 @@ def write_samples(records: Iterator[dict], out_dir: str | Path, meta: dict) -> P
     rows = []
     with atomic_path(images) as img_tmp:
         img_tmp.mkdir(parents=True)
-        for rec in records:
+        for rec in iter(records):
             rec = dict(rec)
             _hash_record(digest, rec)
             img = rec.pop("image", None)
@@ -75,7 +78,7 @@ def write_samples(records: Iterator[dict], out_dir: str | Path, meta: dict) -> P
     if df["sample_id"].duplicated().any():
         dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
         raise DatasetError(f"dataset '{meta.get('dataset')}': duplicate sample_id '{dup}'")
-    meta = dict(meta, n=len(df), content_sha256=digest.hexdigest())
+    meta = dict(meta, **getattr(records, "meta", {}), n=len(df), content_sha256=digest.hexdigest())
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
     with atomic_path(parquet) as tmp:
@@ -83,9 +86,12 @@ def write_samples(records: Iterator[dict], out_dir: str | Path, meta: dict) -> P
     return parquet
 
 
-def sample_dataset(name: str, spec: dict, out_dir: str | Path) -> Path:
-    """Run the sampler `spec['sampler']` and write the dataset to `out_dir`."""
-    from convergence.datasets import hf, scenes, text  # noqa: F401  (register the samplers)
+def sample_dataset(name: str, spec: dict, out_dir: str | Path, resources_dir: str | Path = "resources") -> Path:
+    """Run the sampler `spec['sampler']` and write the dataset to `out_dir` (fetched sources under
+    `resources_dir`)."""
+    import inspect
+
+    from convergence.datasets import hf, image_captions, scenes, text  # noqa: F401  (register the samplers)
 
     sampler = spec["sampler"]
     if sampler not in SAMPLERS:
@@ -93,7 +99,9 @@ def sample_dataset(name: str, spec: dict, out_dir: str | Path) -> Path:
             f"dataset '{name}': unknown sampler '{sampler}'. Samplers: {', '.join(available())}"
         )
     meta = {"dataset": name, "sampler": sampler, "seed": spec.get("seed", 0), "spec": spec}
-    return write_samples(iter(SAMPLERS[sampler](spec)), out_dir, meta)
+    fn = SAMPLERS[sampler]
+    kwargs = {"resources_dir": resources_dir} if "resources_dir" in inspect.signature(fn).parameters else {}
+    return write_samples(fn(spec, **kwargs), out_dir, meta)
 
 
 def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict]:

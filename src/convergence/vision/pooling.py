@@ -7,9 +7,12 @@ Two layouts occur:
   classifier sees); `cls` does not exist and raises.
 
 CNN stages usually differ in width (e.g. 64, 128, 256 channels), and a `[B, L, D]` array needs one D.
-Zero-padding would invent units that metrics then count, so selected layers of different widths raise
-a ValueError naming each layer's width: select layers of one width. (The zoo's ResNets keep one width
-in every stage, so all their layers fit together.)
+By default selected layers of different widths raise a ValueError naming each layer's width. With
+`pad_widths=True` (what extraction uses) each layer is zero-padded to the widest, and the store records
+every layer's true width (coordinate `width`, `convergence.store.layer_widths`): kernels of
+L2-normalised rows (mutual kNN, CKA, CKNNA) are unchanged by zero columns, but anything that counts
+units or takes quantiles over them (clipping, CCA, RSA) must read layer k as `[:, k, :width[k]]`.
+(The zoo's ResNets keep one width in every stage, so all their layers fit together unpadded.)
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ def _pool_one(h: torch.Tensor, pooling: str, layer: int) -> torch.Tensor:
 
 
 def pool_vision_hidden_states(hidden_states: Sequence[torch.Tensor], pooling: str,
-                              layers: Sequence[int]) -> torch.Tensor:
-    """Hidden states per layer (as `output_hidden_states=True` returns them) -> `[B, len(layers), D]` float32."""
+                              layers: Sequence[int], pad_widths: bool = False) -> torch.Tensor:
+    """Hidden states per layer (as `output_hidden_states=True` returns them) -> `[B, len(layers), D]` float32.
+
+    `pad_widths`: layers narrower than the widest are zero-padded at the end (see the module docstring)."""
     if len(layers) == 0:
         raise ValueError("no layers selected")
     pooled = [_pool_one(hidden_states[i], pooling, i).float() for i in layers]
     widths = {i: p.shape[-1] for i, p in zip(layers, pooled)}
+    if pad_widths:
+        widest = max(widths.values())
+        return torch.stack([torch.nn.functional.pad(p, (0, widest - p.shape[-1])) for p in pooled], dim=1)
     if len(set(widths.values())) > 1:
         listing = ", ".join(f"{i}: {w}" for i, w in widths.items())
         raise ValueError(
@@ -51,3 +59,9 @@ def pool_vision_hidden_states(hidden_states: Sequence[torch.Tensor], pooling: st
             "Select layers of one width in the model's `layers` (CNN stages often widen)."
         )
     return torch.stack(pooled, dim=1)
+
+
+def layer_widths(hidden_states: Sequence[torch.Tensor], layers: Sequence[int]) -> list[int]:
+    """The true width (channels or hidden size) of each selected layer."""
+    return [int(hidden_states[i].shape[1] if hidden_states[i].ndim == 4 else hidden_states[i].shape[-1])
+            for i in layers]

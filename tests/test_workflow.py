@@ -22,13 +22,17 @@ def base_config(tiny_models):
                  "finetune": {"steps": 2, "batch_size": 2}, "icl": {"k": 1, "items_per_type": 1}},
         "zoo": {"cnn": {"dataset": "tiny_train",
                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
-                        "train": {"epochs": 2, "batch_size": 16}}},
+                        "train": {"epochs": 2, "batch_size": 16}},
+                "cnn2": {"dataset": "tiny_train",
+                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
+                         "train": {"epochs": 2, "batch_size": 16, "seed": 1}}},
         "models": {
             "llama": {"source": f"local:{tiny_models['llama']}", "batch_size": 8},
             "gemma": {"source": f"local:{tiny_models['gemma3']}"},
             "bert": {"source": f"local:{tiny_models['bert']}"},
             "bert-random": {"source": f"local:{tiny_models['bert']}", "init": "random", "seed": 0},
             "cnn": {"source": "zoo:cnn", "modality": "vision"},
+            "cnn2": {"source": "zoo:cnn2", "modality": "vision"},
             "cnn-random": {"source": "zoo:cnn", "modality": "vision", "init": "random"},
             "bow": {"source": "baseline:bag_of_words"},  # an input baseline: aligned, never in Rosetta
         },
@@ -72,9 +76,15 @@ def test_rosetta_outputs(finished_run, base_config):
         assert {"matches", "null_matches", "excess_over_null"} <= set(excess.columns)
     sets = pd.read_csv(root / "language_sets.csv")  # three trained language models: llama, gemma, bert
     assert {"llama_layer", "gemma_neuron", "bert_r"} <= set(sets.columns)
-    assert not (root / "vision_sets.csv").exists()  # one trained vision model: no sets
-    summary = json.loads((root / "matches/bert__bert-random.json").read_text())
+    assert not (root / "vision_sets.csv").exists()  # two trained vision models: no sets (three or more)
+    summary = json.loads((root / "matches/bert__gemma.json").read_text())
     assert summary["model_a"] == "bert" and "strict" in summary
+    # Pairs: the trained ones, and for each the one control pair its null-excess row reads; a model and
+    # its own control are never correlated (no table reads that pair).
+    assert sorted(p.stem for p in (root / "matches").glob("*.json")) == [
+        "bert-random__gemma", "bert-random__llama", "bert__gemma", "bert__llama", "cnn-random__cnn2", "cnn__cnn2",
+        "gemma__llama"]
+
     # bert-random is bert's control: the excess table compares trained pairs with it.
     lang = pd.read_csv(root / "language_null_excess.csv")
     assert "bert-random" not in set(lang.model_a) | set(lang.model_b)
@@ -111,7 +121,8 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
     config["models"]["mpnet"] = {"source": f"local:{tiny_models['mpnet']}"}
     k = len(base_config["models"])
     # One extraction, K new pairs per metric, the two aggregates; its units, a correlation and matches with
-    # each of the 4 language models, the language sets and figures.
+    # each of the 3 trained language models and with bert's control (the control pair of (bert, mpnet)),
+    # the language sets and figures.
     assert planned_jobs(finished_run, config) == {
         "extract_activations": 1, "align_pair": 2 * k, "aggregate_alignment": 2,
         "extract_units": 1, "correlate_pair": 4, "match_pair": 4, "rosetta_sets": 1, "rosetta_figures": 1,
@@ -134,7 +145,7 @@ def test_changing_one_model_reruns_that_model_and_its_pairs_only(finished_run, b
                                                   "aggregate_alignment": 2, "all": 1}
     config = copy.deepcopy(base_config)
     config["models"]["bert"]["units_layers"] = [1, 2]  # units only
-    assert planned_jobs(finished_run, config) == {"extract_units": 1, "correlate_pair": 3, "match_pair": 3,
+    assert planned_jobs(finished_run, config) == {"extract_units": 1, "correlate_pair": 2, "match_pair": 2,
                                                   "rosetta_sets": 1, "rosetta_figures": 1, "all": 1}
 
 

@@ -284,17 +284,31 @@ def rosetta_models(config: dict, dataset: str, modality: str) -> list[str]:
 
 
 def rosetta_groups(config: dict) -> list[tuple[str, str]]:
-    """(dataset, modality) groups with at least two models: units are only comparable within a modality."""
+    """(dataset, modality) groups with at least two trained models (units are only comparable within a
+    modality, and a group without a pair of trained models has no matches to test against its nulls)."""
     ro = config.get("rosetta", {})
     if not ro.get("enabled", True):
         return []
     datasets = ro.get("datasets") or list(config["datasets"])
-    return [(d, m) for d in datasets for m in ("language", "vision") if len(rosetta_models(config, d, m)) >= 2]
+    return [(d, m) for d in datasets for m in ("language", "vision") if len(rosetta_set_models(config, d, m)) >= 2]
 
 
 def rosetta_pairs(config: dict, dataset: str, modality: str) -> list[tuple[str, str]]:
+    """The pairs a Rosetta group correlates, in stored (sorted) orientation: every pair of trained models,
+    and for each, the one control pair its null-excess row reads: (a, control of b), else (control of a,
+    b). Two controls are never paired: no table reads such a pair."""
     models = rosetta_models(config, dataset, modality)
-    return [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+    trained = [m for m in models if config["models"][m].get("init", "pretrained") == "pretrained"]
+    controls = {m: c for m, c in controls_of(config).items() if c in models}
+    pairs = []
+    for i, a in enumerate(trained):
+        for b in trained[i + 1:]:
+            pairs.append((a, b))
+            if controls.get(b):
+                pairs.append((a, controls[b]))
+            elif controls.get(a):
+                pairs.append((controls[a], b))
+    return sorted({tuple(sorted(p)) for p in pairs})
 
 
 def rosetta_set_models(config: dict, dataset: str, modality: str) -> list[str]:

@@ -10,6 +10,9 @@ from convergence.config import (
     check_config,
     controls_of,
     datasets_for_model,
+    generator_models,
+    generator_names,
+    generator_trained_models,
     model_pairs,
     models_on,
     rosetta_groups,
@@ -17,6 +20,8 @@ from convergence.config import (
     rosetta_pairs,
     rosetta_set_models,
     spec_for,
+    zoo_classifiers,
+    zoo_generators,
 )
 
 check_config(config)
@@ -37,7 +42,8 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     model=_alternatives(config["models"]),
     offline="[A-Za-z0-9_.-]+",
-    zoo=_alternatives(config.get("zoo", {})),
+    zoo=_alternatives(zoo_classifiers(config)),  # generators train in rules/generator.smk
+    generator=_alternatives(zoo_generators(config)),
     metric=_alternatives(ALIGN["metrics"]),
     a=_alternatives(config["models"]),
     b=_alternatives(config["models"]),
@@ -204,6 +210,55 @@ def oocr_targets():
     ]
 
 
+GENERATOR = config["generator"]
+GEN_OUT = f"{RESULTS}/generator"
+
+
+def generator_pair_files(wildcards, models=None):
+    """The generator's pair file with each matched model (or with `models`), by model name."""
+    names = generator_models(config) if models is None else models
+    return {m: f"{GEN_OUT}/{wildcards.generator}/pairs/{m}.npz" for m in names}
+
+
+def generator_model_weights(models):
+    """What the vision models need on disk (zoo folders, unpacked offline weights)."""
+    scheme_ref = [config["models"][m]["source"].partition(":") for m in models]
+    return sorted(
+        {f"{ZOO}/{r}" for s, _, r in scheme_ref if s == "zoo"}
+        | {f"{RESOURCES}/models/{r}" for s, _, r in scheme_ref if s == "offline"}
+    )
+
+
+def generator_evaluator(wildcards):
+    evaluator = config["zoo"][wildcards.generator].get("evaluator")
+    return [f"{ZOO}/{evaluator}"] if evaluator else []
+
+
+def generator_targets():
+    """Per generator: the matches, sets, inversion and edit tables and figures."""
+    return [
+        f"{GEN_OUT}/{g}/{name}"
+        for g in generator_names(config)
+        if generator_models(config)
+        for name in (
+            "matches.csv",
+            "nulls.png",
+            "sets.csv",
+            "sets.png",
+            "inversion.csv",
+            "edits.csv",
+            "edit_summary.csv",
+            "edits.png",
+        )
+    ]
+
+
 def study_targets():
-    """Every result of the study: activations, alignment, Rosetta neurons, OOCR."""
-    return extract_targets() + alignment_targets() + rosetta_targets() + oocr_targets()
+    """Every result of the study: activations, alignment, Rosetta neurons, OOCR, the generator stage."""
+    return (
+        extract_targets()
+        + alignment_targets()
+        + rosetta_targets()
+        + oocr_targets()
+        + generator_targets()
+    )

@@ -1,6 +1,7 @@
 # Rosetta neurons with a generator: a DCGAN per `kind: generator` zoo entry, its units matched to each vision
 # model on its own images (with rotation and random-init nulls), Rosetta sets with the generator as anchor,
 # Rosetta-guided inversion of held-out real images and shift/zoom/duplicate edits measured on the images.
+import os
 
 
 rule train_generator:
@@ -48,7 +49,7 @@ rule generator_pair:
         k=max(GENERATOR["k"], GENERATOR["k_back"]),
         batch_size=GENERATOR["batch_size"],
         resources_dir=RESOURCES,
-        zoo_dir=ZOO,
+        zoo_dir=lambda wc, input: os.path.dirname(input.generator),  # where the zoo lives
     script:
         "../scripts/generator_pair.py"
 
@@ -95,7 +96,7 @@ rule generator_sets:
         },
         k_back=GENERATOR["k_back"],
         resources_dir=RESOURCES,
-        zoo_dir=ZOO,
+        zoo_dir=lambda wc, input: os.path.dirname(input.generator),  # where the zoo lives
     script:
         "../scripts/generator_sets.py"
 
@@ -138,6 +139,6 @@ rule generator_edit:
         edit=GENERATOR["edit"],
         seed=GENERATOR["seed"],
         resources_dir=RESOURCES,
-        zoo_dir=ZOO,
+        zoo_dir=lambda wc, input: os.path.dirname(input.generator),  # where the zoo lives
     script:
         "../scripts/generator_edit.py"

@@ -235,3 +235,113 @@ def test_optimisation_recovers_maps_of_a_known_latent():
     assert torch.allclose(same.z, ref.z)
     with pytest.raises(ValueError, match="do not fit"):
         optimize_latents(g, terms, target[:, :2], weights, z0, steps=1, lr=0.1, res=8, progress=False)
+
+
+# ---------------------------------------------------------------- your own generator, matching and sets
+
+
+class PaintGenerator(torch.nn.Module):
+    """A generator whose image is its `paint` layer: 3 maps, upsampled. Its unit c *is* the image's channel c."""
+
+    latent_dim = 6
+
+    def __init__(self, side: int = 16):
+        super().__init__()
+        self.side = side
+        self.fc = torch.nn.Linear(6, 3 * 4 * 4)
+        self.paint = torch.nn.Tanh()
+        self.unit_layers = ("paint",)
+
+    def forward(self, z):
+        maps = self.paint(self.fc(z).view(len(z), 3, 4, 4))
+        return torch.nn.functional.interpolate(maps, size=(self.side, self.side), mode="bilinear", align_corners=False)
+
+
+class PixelModel(torch.nn.Module):
+    """A 'vision model' whose only hidden state is its input: its units are the image's RGB channels."""
+
+    def forward(self, pixel_values, output_hidden_states=True):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(hidden_states=(pixel_values,))
+
+
+def _pixel_vision(name="pixels"):
+    from types import SimpleNamespace
+
+    from convergence.generator.maps import VisionMaps
+
+    def processor(images, return_tensors):
+        arr = np.stack([np.asarray(i, np.float32) for i in images]) / 127.5 - 1
+        return {"pixel_values": torch.from_numpy(arr).permute(0, 3, 1, 2)}
+
+    model = PixelModel()
+    model.dtype = torch.float32
+    return VisionMaps(SimpleNamespace(model=model, processor=processor, device=torch.device("cpu")), [0], name)
+
+
+def test_your_own_generator_loads_from_its_class(tmp_path):
+    from safetensors.torch import save_file
+
+    g = PaintGenerator()
+    folder = tmp_path / "own"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in g.state_dict().items()}, folder / gan.WEIGHTS_FILE)
+    (folder / gan.SPEC_FILE).write_text('{"kind": "generator", "class": "test_generator:PaintGenerator", '
+                                        '"kwargs": {"side": 16}, "unit_layers": ["paint"]}')
+    loaded, spec = gan.load_generator(folder)
+    z = gan.sample_latents(2, 6, 0)
+    assert torch.equal(loaded(z), g(z)) and generator_layers(loaded, spec["unit_layers"]) == ["paint"]
+    (folder / gan.SPEC_FILE).write_text('{"kind": "generator", "class": "nowhere:Nothing"}')
+    with pytest.raises(gan.GeneratorError, match="cannot import the generator class 'nowhere:Nothing'"):
+        gan.load_generator(folder)
+
+
+def test_matching_finds_the_units_that_draw_the_image_and_the_nulls_do_not():
+    from convergence.generator.matching import match_generator, rotated_units, unit_matrices
+
+    g, random_g = PaintGenerator(), PaintGenerator()
+    torch.manual_seed(1)
+    random_g.fc.reset_parameters()
+    vision = _pixel_vision()
+    arrays = match_generator(g, random_g, ["paint"], vision, n_samples=40, seed=0, grid=4, res=8, k=3,
+                             rotation_seed=0, batch_size=16, progress=False)
+    # Generator unit c draws the image's channel c: each is the other's best partner, r ~ 1 (uint8 rounding).
+    assert arrays["obs_a_index"][:, 0].tolist() == [0, 1, 2] and arrays["obs_b_index"][:, 0].tolist() == [0, 1, 2]
+    assert arrays["obs_a_r"][:, 0].min() > 0.99
+    # Independent check of the stored r: numpy's corrcoef on the same unit matrices.
+    mats = unit_matrices(g, ["paint"], vision, gan.sample_latents(40, 6, 0), grid=4, res=8, progress=False)
+    full = np.corrcoef(mats.a.T, mats.b.T)[:3, 3:]
+    np.testing.assert_allclose(arrays["obs_a_r"][:, 0], full[np.arange(3), arrays["obs_a_index"][:, 0]], atol=1e-5)
+    # The rotation mixes the generator's channels: no unit draws one channel any more.
+    assert arrays["rot_a_r"][:, 0].max() < 0.99
+    z = rotated_units(mats.a, [3], seed=0)
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(z.T, ddof=0)), np.linalg.eigvalsh(np.corrcoef(mats.a.T)),
+                               atol=1e-5)  # an orthogonal mix of z-scored units: the same covariance spectrum
+    assert not np.allclose(z, (mats.a - mats.a.mean(0)) / mats.a.std(0), atol=1e-3)  # but not the identity
+    assert mats.mean_a.shape == (3,) and mats.widths_a == [3] and mats.widths_b == [3]
+
+
+def _pair(r: np.ndarray, widths_a, widths_b):
+    from convergence.generator.stage import Pair
+    from convergence.rosetta import topk_partners
+
+    p = topk_partners(r, 2)
+    return Pair({"observed": p, "rotation": p, "random_generator": p}, np.zeros(r.shape[0]), np.zeros(r.shape[1]),
+                widths_a, widths_b, {"generator_layers": ["a", "b"], "model_layers": [0], "init": "pretrained"})
+
+
+def test_sets_take_the_generator_as_anchor_across_models():
+    from convergence.generator.stage import generator_sets, match_counts, sets_frame
+
+    # Generator units 0..3 (layers a: 2, b: 2); model X units 0..2, model Y units 0..2.
+    rx = np.array([[0.9, 0.1, 0.0], [0.1, 0.2, 0.8], [0.0, 0.7, 0.1], [0.2, 0.1, 0.3]])
+    ry = np.array([[0.1, 0.85, 0.0], [0.6, 0.1, 0.1], [0.1, 0.0, 0.2], [0.0, 0.3, 0.4]])
+    pairs = {"X": _pair(rx, [2, 2], [3]), "Y": _pair(ry, [2, 2], [3])}
+    sets = sets_frame(generator_sets(pairs, ["X", "Y"], "G", k_back=1), pairs, ["X", "Y"], "G")
+    # Mutual best buddies: X: 0-0, 1-2, 2-1; Y: 0-1, 1-0, 3-2. Units 0 and 1 are matched in both models.
+    assert sorted(sets["generator_unit"].tolist()) == [0, 1]
+    row = sets.set_index("generator_unit").loc[1]
+    assert (row["X_unit"], row["Y_unit"], row["generator_label"], row["X_label"]) == (2, 0, "a:1", "0:2")
+    counts = match_counts(pairs, {"X": None, "Y": None}, k_back=2).set_index(["model", "criterion"])
+    assert counts.loc[("X", "strict"), "matches"] == 3 and counts.loc[("Y", "strict"), "matches"] == 3

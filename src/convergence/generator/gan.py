@@ -191,7 +191,7 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def fit_gan(images: torch.Tensor, arch_spec: dict, *, steps: int, batch_size: int = 64, lr: float = 2e-4,
-            d_lr_factor: float = 2.0, betas: tuple[float, float] = (0.0, 0.9), ema: float = 0.99,
+            d_lr_factor: float = 1.0, betas: tuple[float, float] = (0.5, 0.999), ema: float = 0.999,
             seed: int = 0, progress: bool = True, log_every: int = 100) -> tuple[DCGANGenerator, dict]:
     """Train a DCGAN on `images [N, 3, S, S]` in [-1, 1]; returns (EMA generator in eval mode, history).
 
@@ -274,16 +274,40 @@ def load_generator(folder: str | Path, init: str = "trained", seed: int = 0) -> 
         raise GeneratorError(f"{folder} holds no trained generator ({SPEC_FILE} is missing): run "
                              f"`snakemake {folder}`")
     spec = json.loads(spec_file.read_text())
-    arch = {k: v for k, v in spec.items() if k not in ("kind", "unit_layers")}
+    if "class" in spec:
+        build = lambda s=None: _build_custom(spec, folder, s)  # noqa: E731
+    else:
+        arch = {k: v for k, v in spec.items() if k not in ("kind", "unit_layers")}
+        build = lambda s=None: build_generator(arch, seed=s)  # noqa: E731
     if init == "random":
-        return build_generator(arch, seed=seed), spec
-    model = build_generator(arch)
+        return build(seed), spec
+    model = build()
     try:
         model.load_state_dict(load_file(folder / WEIGHTS_FILE))
     except (OSError, RuntimeError) as e:
         raise GeneratorError(f"{folder / WEIGHTS_FILE}: cannot load the generator's weights ({e}); delete the "
                              "folder and rerun to retrain it") from e
     return model.eval(), spec
+
+
+def _build_custom(spec: dict, folder: Path, seed: int | None) -> nn.Module:
+    """Your own generator: `generator.json` names its class (`"class": "package.module:Name"`, importable)
+    and its constructor's `kwargs`; it needs `latent_dim` and `unit_layers` (module names)."""
+    import importlib
+
+    module_name, _, attr = str(spec["class"]).partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise GeneratorError(f"{folder / SPEC_FILE}: cannot import the generator class '{spec['class']}' ({e}); "
+                             "give it as 'package.module:ClassName' on the Python path") from e
+    with _seeded(seed):
+        model = cls(**spec.get("kwargs", {}))
+    if not hasattr(model, "latent_dim"):
+        raise GeneratorError(f"{spec['class']} has no `latent_dim` attribute (the size of z its forward takes)")
+    if spec.get("unit_layers") and not getattr(model, "unit_layers", None):
+        model.unit_layers = tuple(spec["unit_layers"])
+    return model.eval()
 
 
 def provenance() -> dict:

@@ -113,7 +113,7 @@ def train_generator_model(samples_path: str | Path, entry: dict, out_dir: str | 
                           evaluator_dir: str | Path | None = None, eval_samples: str | Path | None = None,
                           n_quality: int = 512, threads: int | None = None, progress: bool = True) -> dict:
     """Train the DCGAN of a `kind: generator` zoo entry and write its folder (module docstring)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     arch = gan.normalize_generator_spec(entry["arch"], where="arch")
     train = dict(entry.get("train") or {})
     with _Threads(threads):
@@ -130,6 +130,7 @@ def train_generator_model(samples_path: str | Path, entry: dict, out_dir: str | 
             metrics["quality"] = generator_quality(generator, arch, evaluator_dir, samples_path, eval_samples,
                                                    n=n_quality, seed=seed)
     metrics["wall_time_s"] = time.perf_counter() - t0
+    metrics["cpu_time_s"] = time.process_time() - c0
     with atomic_path(out_dir) as tmp:
         gan.save_generator(generator, arch, tmp, metrics, samples)
     return metrics
@@ -188,7 +189,7 @@ def match_pair(generator_dir: str | Path, spec: dict, model_name: str, out_path:
     """One generator x one vision model -> the pair file (module docstring)."""
     from .matching import match_generator
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with _Threads(threads):
         generator, gspec = gan.load_generator(generator_dir)
         random_generator, _ = gan.load_generator(generator_dir, init="random", seed=seed)
@@ -198,7 +199,8 @@ def match_pair(generator_dir: str | Path, spec: dict, model_name: str, out_path:
                                  grid=grid, res=res, k=k, rotation_seed=seed, batch_size=batch_size, progress=progress)
     meta = {"generator": Path(generator_dir).name, "model": model_name, "generator_layers": layers,
             "model_layers": vision.layers, "n_samples": n_samples, "seed": seed, "grid": grid, "res": res, "k": k,
-            "init": spec.get("init", "pretrained"), "time_s": time.perf_counter() - t0, "packages": package_versions()}
+            "init": spec.get("init", "pretrained"), "time_s": time.perf_counter() - t0,
+            "cpu_time_s": time.process_time() - c0, "packages": package_versions()}
     arrays["meta"] = np.asarray(json.dumps(_jsonable(meta)))
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz
         np.savez_compressed(f, **arrays)
@@ -372,7 +374,7 @@ def invert_and_edit(generator_dir: str | Path, pair_files: Mapping[str, str | Pa
     from .inversion import invert as run_inversion
     from .inversion import measure_edit, plan_edits
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with _Threads(threads):
         generator, gspec = gan.load_generator(generator_dir)
         layers = generator_layers(generator, gspec.get("unit_layers"))
@@ -426,6 +428,7 @@ def invert_and_edit(generator_dir: str | Path, pair_files: Mapping[str, str | Pa
                       "mean_cosine": float(inv_table["cosine"].mean()),
                       "pixel_mae": float(inv_table["pixel_mae"].mean())},
         "edits": edit_table.to_dict(orient="records"), "time_s": time.perf_counter() - t0,
+        "cpu_time_s": time.process_time() - c0,
     }
     for key in ("attr_acc_inverted", "attr_acc_real", "attr_agree"):
         if key in inv_table:

@@ -235,22 +235,11 @@ def generator_evaluator(wildcards):
 
 
 def generator_targets():
-    """Per generator: the matches, sets, inversion and edit tables and figures."""
-    return [
-        f"{GEN_OUT}/{g}/{name}"
-        for g in generator_names(config)
-        if generator_models(config)
-        for name in (
-            "matches.csv",
-            "nulls.png",
-            "sets.csv",
-            "sets.png",
-            "inversion.csv",
-            "edits.csv",
-            "edit_summary.csv",
-            "edits.png",
-        )
-    ]
+    """Per generator: matches and sets (with any vision model), inversion and edits (with a trained one)."""
+    names = ["matches.csv", "nulls.png", "sets.csv", "sets.png"] if generator_models(config) else []
+    if generator_trained_models(config):
+        names += ["inversion.csv", "edits.csv", "edit_summary.csv", "edits.png"]
+    return [f"{GEN_OUT}/{g}/{name}" for g in generator_names(config) for name in names]
 
 
 def study_targets():

@@ -108,6 +108,17 @@ def test_fit_gan_is_seeded_and_rejects_wrong_sizes():
         gan.fit_gan(images, {**arch, "image_size": 32}, steps=1, progress=False)
 
 
+def test_translation_moves_whole_images_and_replicates_their_edge():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    out = gan.translate(images, 0.25, torch.Generator().manual_seed(0))
+    again = gan.translate(images, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and torch.equal(gan.translate(images, 0.0, torch.Generator()), images)
+    for b in range(2):  # each image is one shift of itself (by at most 2 px), edges clamped
+        found = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)
+                 if torch.equal(out[b], images[b][:, (torch.arange(8) + dy).clamp(0, 7)][:, :, (torch.arange(8) + dx).clamp(0, 7)])]
+        assert len(found) >= 1
+
+
 def test_cells_are_bilinear_grid_cells_in_layer_order():
     maps = [torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4), torch.randn(2, 2, 8, 8)]
     rows = cells(maps, grid=4)
@@ -342,6 +353,6 @@ def test_sets_take_the_generator_as_anchor_across_models():
     # Mutual best buddies: X: 0-0, 1-2, 2-1; Y: 0-1, 1-0, 3-2. Units 0 and 1 are matched in both models.
     assert sorted(sets["generator_unit"].tolist()) == [0, 1]
     row = sets.set_index("generator_unit").loc[1]
-    assert (row["X_unit"], row["Y_unit"], row["generator_label"], row["X_label"]) == (2, 0, "a:1", "0:2")
+    assert (row["X_unit"], row["Y_unit"], row["generator_label"], row["X_label"]) == (2, 0, "a:1", "h0:2")
     counts = match_counts(pairs, {"X": None, "Y": None}, k_back=2).set_index(["model", "criterion"])
     assert counts.loc[("X", "strict"), "matches"] == 3 and counts.loc[("Y", "strict"), "matches"] == 3

@@ -37,27 +37,31 @@ def _message_figure(text: str, path) -> Path:
 
 
 def null_figure(table: pd.DataFrame, path, generator: str) -> Path:
-    """Per model and criterion: generator-model matches next to the rotation, random-init-generator and
-    random-init-model nulls."""
+    """Per model and criterion: the generator-model matches (top row: how many; bottom row: their mean r)
+    next to the rotation, random-init-generator and random-init-model nulls."""
     criteria = list(dict.fromkeys(table["criterion"])) if len(table) else []
     if not criteria:
         return _message_figure("no models matched", path)
-    series = [("matches", "observed", "C0"), ("rotation_matches", "rotation null", "C7"),
-              ("random_generator_matches", "random-init generator", "C1"),
-              ("random_model_matches", "random-init model", "C3")]
-    fig, axes = plt.subplots(1, len(criteria), figsize=(5.5 * len(criteria), 3.6), squeeze=False)
-    for ax, criterion in zip(axes[0], criteria):
+    series = [("", "observed", "C0"), ("rotation_", "rotation null", "C7"),
+              ("random_generator_", "random-init generator", "C1"), ("random_model_", "random-init model", "C3")]
+    fig, axes = plt.subplots(2, len(criteria), figsize=(5.5 * len(criteria), 6.4), squeeze=False)
+    for col, criterion in enumerate(criteria):
         part = table[table["criterion"] == criterion].reset_index(drop=True)
         x = np.arange(len(part))
         width = 0.8 / len(series)
-        for j, (column, label, colour) in enumerate(series):
-            values = part[column].astype(float) if column in part else pd.Series(np.nan, index=part.index)
-            ax.bar(x + (j - (len(series) - 1) / 2) * width, values.fillna(0), width, label=label, color=colour)
-        ax.set_xticks(x, [f"{m}\n({i})" for m, i in zip(part["model"], part["init"])], rotation=30, ha="right",
-                      fontsize=8)
-        ax.set_ylabel("mutual matches with the generator")
+        inits = ["trained" if i == "pretrained" else i for i in part["init"]]
+        for row, (stat, ylabel) in enumerate((("matches", "mutual matches with the generator"),
+                                              ("mean_r", "mean r of the matches"))):
+            ax = axes[row][col]
+            for j, (prefix, label, colour) in enumerate(series):
+                column = f"{prefix}{stat}"
+                values = part[column].astype(float) if column in part else pd.Series(np.nan, index=part.index)
+                ax.bar(x + (j - (len(series) - 1) / 2) * width, values.fillna(0), width, label=label, color=colour)
+            ax.set_xticks(x, [f"{m}\n({i})" for m, i in zip(part["model"], inits)], rotation=30, ha="right",
+                          fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
         title = "strict best buddies" if criterion == "strict" else "best, reciprocated in top-k_back (reference)"
-        ax.set_title(f"{generator}: {title}", fontsize=9)
+        axes[0][col].set_title(f"{generator}: {title}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
@@ -70,7 +74,7 @@ def _overlay(ax, image: np.ndarray, heat: np.ndarray | None, title: str | None =
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=6)
+        ax.set_title(title, fontsize=5)
 
 
 def _heat(maps: torch.Tensor, size: int) -> np.ndarray:
@@ -101,16 +105,16 @@ def sets_figure(frame: pd.DataFrame, pairs: Mapping, models: Sequence[str], gene
     d_maps = {m: _vision_model(specs[m], m, resources_dir, zoo_dir).maps(images_u8) for m in models}
     top = frame.sort_values("mean_r", ascending=False).head(n_sets).reset_index(drop=True)
     cols = IMAGES_PER_SET * (2 + len(models))
-    fig, axes = plt.subplots(len(top), cols, figsize=(0.95 * cols, 1.15 * len(top)), squeeze=False)
+    fig, axes = plt.subplots(len(top), cols, figsize=(0.95 * cols, 1.25 * len(top)), squeeze=False)
     size = images_u8.shape[1]
     for row, s in top.iterrows():
         g_layer, g_channel = first.locate_a(int(s["generator_unit"]))
         g_unit_maps = g_maps[g_layer][:, g_channel]
         chosen = torch.argsort(g_unit_maps.flatten(1).mean(1), descending=True)[:IMAGES_PER_SET]
-        heats = {"G " + s["generator_label"]: _heat(g_unit_maps[chosen], size)}
+        heats = {f"{generator_name}\n{s['generator_label']}": _heat(g_unit_maps[chosen], size)}
         for m in models:
             d_layer, d_channel = pairs[m].locate_b(int(s[f"{m}_unit"]))
-            heats[f"{m} {s[f'{m}_label']} (r={s[f'{m}_r']:.2f})"] = _heat(d_maps[m][d_layer][chosen, d_channel], size)
+            heats[f"{m}\n{s[f'{m}_label']} r={s[f'{m}_r']:.2f}"] = _heat(d_maps[m][d_layer][chosen, d_channel], size)
         for k, idx in enumerate(chosen.tolist()):
             base = k * (2 + len(models))
             _overlay(axes[row][base], images_u8[idx], None, f"set {row + 1}" if k == 0 else None)

@@ -130,7 +130,8 @@ class VisionMaps:
 
         pil = [Image.fromarray(img) for img in images_uint8]
         pixels = self.loaded.processor(images=pil, return_tensors="pt")["pixel_values"]
-        return pixels.to(self.loaded.device, self.model.dtype)
+        dtype = getattr(self.model, "dtype", None) or next(self.model.parameters(), torch.empty(0)).dtype
+        return pixels.to(self.loaded.device, dtype)
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor | np.ndarray) -> list[torch.Tensor]:

@@ -237,8 +237,10 @@ def _locate(widths: Sequence[int], unit: int) -> tuple[int, int]:
 
 
 def _unit_label(layers, widths, unit: int) -> str:
+    """`layer:channel`; a vision model's layers are hidden-state indices, written `h<index>`."""
     layer, channel = _locate(widths, unit)
-    return f"{layers[layer]}:{channel}"
+    name = layers[layer]
+    return f"{'h' if isinstance(name, int) else ''}{name}:{channel}"
 
 
 def load_pair(path: str | Path) -> Pair:
@@ -258,7 +260,8 @@ def load_pair(path: str | Path) -> Pair:
 
 def match_counts(pairs: Mapping[str, Pair], controls: Mapping[str, str | None], k_back: int) -> pd.DataFrame:
     """One row per model: strict best buddies and the reference criterion (best, reciprocated in the
-    top `k_back`), observed and under each null, mean r of the matches, and excess over each null."""
+    top `k_back`), observed and under each null, mean r of the matches, excess over each null, and how
+    many observed matches have an |r| above the largest |r| anywhere in the null's matrix."""
     rows = []
     for model, pair in pairs.items():
         obs = pair.partners["observed"]
@@ -273,6 +276,7 @@ def match_counts(pairs: Mapping[str, Pair], controls: Mapping[str, str | None], 
                 row[f"{null}_matches"] = report.matches_null
                 row[f"{null}_mean_r"] = report.mean_r_null
                 row[f"excess_over_{null}"] = report.excess_matches
+                row[f"above_{null}_max_r"] = report.above_null_max  # matches stronger than any r of that null
             if control is not None and control in pairs:
                 ctrl = mutual_matches(pairs[control].partners["observed"], k=1, k_back=kb)
                 row.update(random_model=control, random_model_matches=len(ctrl),
@@ -380,6 +384,9 @@ def invert_and_edit(generator_dir: str | Path, pair_files: Mapping[str, str | Pa
         layers = generator_layers(generator, gspec.get("unit_layers"))
         pairs = {m: load_pair(p) for m, p in pair_files.items()}
         models = list(pairs)
+        if not models:
+            raise gan.GeneratorError("inversion needs at least one trained vision model matched to the generator "
+                                     "(generator.models)")
         first = pairs[models[0]]
         res = int(invert["res"])
         for m, pair in pairs.items():

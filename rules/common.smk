@@ -1,6 +1,7 @@
 # Config helpers, wildcard constraints and target lists. Targets come from the config (lookup),
 # never from globbing results/, so adding a model adds exactly that model's jobs.
 import re
+from types import SimpleNamespace
 
 from convergence.config import (
     EXTRACT_KEYS,
@@ -221,12 +222,8 @@ def generator_pair_files(wildcards, models=None):
 
 
 def generator_model_weights(models):
-    """What the vision models need on disk (zoo folders, unpacked offline weights)."""
-    scheme_ref = [config["models"][m]["source"].partition(":") for m in models]
-    return sorted(
-        {f"{ZOO}/{r}" for s, _, r in scheme_ref if s == "zoo"}
-        | {f"{RESOURCES}/models/{r}" for s, _, r in scheme_ref if s == "offline"}
-    )
+    """What the vision models need on disk: `model_weights` of each (zoo folders, unpacked offline weights)."""
+    return sorted({w for m in models for w in model_weights(SimpleNamespace(model=m))})
 
 
 def generator_evaluator(wildcards):
@@ -236,7 +233,11 @@ def generator_evaluator(wildcards):
 
 def generator_targets():
     """Per generator: matches and sets (with any vision model), inversion and edits (with a trained one)."""
-    names = ["matches.csv", "nulls.png", "sets.csv", "sets.png"] if generator_models(config) else []
+    names = (
+        ["matches.csv", "nulls.png", "sets.csv", "sets.png"]
+        if generator_models(config)
+        else []
+    )
     if generator_trained_models(config):
         names += ["inversion.csv", "edits.csv", "edit_summary.csv", "edits.png"]
     return [f"{GEN_OUT}/{g}/{name}" for g in generator_names(config) for name in names]

@@ -345,14 +345,38 @@ def _pair(r: np.ndarray, widths_a, widths_b):
 def test_sets_take_the_generator_as_anchor_across_models():
     from convergence.generator.stage import generator_sets, match_counts, sets_frame
 
-    # Generator units 0..3 (layers a: 2, b: 2); model X units 0..2, model Y units 0..2.
-    rx = np.array([[0.9, 0.1, 0.0], [0.1, 0.2, 0.8], [0.0, 0.7, 0.1], [0.2, 0.1, 0.3]])
+    # Generator units 0..3 (layers a: 2, b: 2); model X units 0..3, model Y units 0..2.
+    rx = np.array([[0.9, 0.1, 0.0, 0.0], [0.1, 0.2, 0.8, 0.0], [0.0, 0.7, 0.1, 0.0], [0.2, 0.1, 0.3, 0.25]])
     ry = np.array([[0.1, 0.85, 0.0], [0.6, 0.1, 0.1], [0.1, 0.0, 0.2], [0.0, 0.3, 0.4]])
-    pairs = {"X": _pair(rx, [2, 2], [3]), "Y": _pair(ry, [2, 2], [3])}
-    sets = sets_frame(generator_sets(pairs, ["X", "Y"], "G", k_back=1), pairs, ["X", "Y"], "G")
-    # Mutual best buddies: X: 0-0, 1-2, 2-1; Y: 0-1, 1-0, 3-2. Units 0 and 1 are matched in both models.
-    assert sorted(sets["generator_unit"].tolist()) == [0, 1]
-    row = sets.set_index("generator_unit").loc[1]
+    pairs = {"X": _pair(rx, [2, 2], [4]), "Y": _pair(ry, [2, 2], [3])}
+    # Strict best buddies: X: 0-0, 1-2, 2-1; Y: 0-1, 1-0, 3-2. Units 0 and 1 are matched in both models.
+    strict = sets_frame(generator_sets(pairs, ["X", "Y"], "G", k_back=1), pairs, ["X", "Y"], "G")
+    assert sorted(strict["generator_unit"].tolist()) == [0, 1]
+    row = strict.set_index("generator_unit").loc[1]
     assert (row["X_unit"], row["Y_unit"], row["generator_label"], row["X_label"]) == (2, 0, "a:1", "h0:2")
-    counts = match_counts(pairs, {"X": None, "Y": None}, k_back=2).set_index(["model", "criterion"])
-    assert counts.loc[("X", "strict"), "matches"] == 3 and counts.loc[("Y", "strict"), "matches"] == 3
+    # The reference: a unit's best partner must rank it in its top 2. Adds X: 3-2 (X2 ranks G1, G3);
+    # Y: 2-2 (Y2 ranks G3, G2). Unit 3's second-best partner X3 (whose best it is) never counts.
+    reference = sets_frame(generator_sets(pairs, ["X", "Y"], "G", k_back=2), pairs, ["X", "Y"], "G")
+    assert sorted(reference["generator_unit"].tolist()) == [0, 1, 2, 3]
+    assert reference.set_index("generator_unit").loc[3, "X_unit"] == 2
+    counts = match_counts(pairs, {"X": None, "Y": None}, k_back=2).set_index(["model", "criterion"])["matches"]
+    assert (counts[("X", "strict")], counts[("Y", "strict")]) == (3, 3)
+    assert (counts[("X", "reference")], counts[("Y", "reference")]) == (4, 4)
+
+
+def test_term_maps_subtract_each_units_mean_and_batch_elements_do_not_interact():
+    g = gan.build_generator({"latent_dim": 6, "width": 4, "image_size": 16}, seed=0)
+    layers = list(g.unit_layers)
+    assert layers == ["stem", "up1"]
+    maps = [torch.randn(2, 8, 4, 4), torch.randn(2, 4, 16, 16)]
+    terms = Terms(layers=layers, layer=np.array([1, 0]), channel=np.array([3, 5]), mean=np.array([0.5, -2.0]))
+    out = term_maps(maps, terms, res=8)
+    down = torch.nn.functional.interpolate(maps[1], size=(8, 8), mode="bilinear", align_corners=False)
+    up = torch.nn.functional.interpolate(maps[0], size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(out[:, 0], down[:, 3] - 0.5) and torch.allclose(out[:, 1], up[:, 5] + 2.0)
+    # Two latents optimised together end where each ends alone (eval-mode BatchNorm: no coupling).
+    target = torch.randn(2, 2, 8, 8)
+    z0 = gan.sample_latents(2, 6, seed=3)
+    both = optimize_latents(g, terms, target, torch.ones(2, 2), z0, steps=6, lr=0.1, res=8, progress=False)
+    alone = optimize_latents(g, terms, target[1:], torch.ones(1, 2), z0[1:], steps=6, lr=0.1, res=8, progress=False)
+    assert torch.allclose(both.z[1], alone.z[0], atol=1e-5)

@@ -21,6 +21,7 @@ include: "rules/models.smk"
 include: "rules/extract.smk"
 include: "rules/alignment.smk"
 include: "rules/rosetta.smk"
+include: "rules/generator.smk"
 include: "rules/oocr.smk"
 include: "rules/report.smk"
 

@@ -1,6 +1,7 @@
 # Config helpers, wildcard constraints and target lists. Targets come from the config (lookup),
 # never from globbing results/, so adding a model adds exactly that model's jobs.
 import re
+from types import SimpleNamespace
 
 from convergence.config import (
     EXTRACT_KEYS,
@@ -10,6 +11,9 @@ from convergence.config import (
     check_config,
     controls_of,
     datasets_for_model,
+    generator_models,
+    generator_names,
+    generator_trained_models,
     model_pairs,
     models_on,
     rosetta_groups,
@@ -17,6 +21,8 @@ from convergence.config import (
     rosetta_pairs,
     rosetta_set_models,
     spec_for,
+    zoo_classifiers,
+    zoo_generators,
 )
 
 check_config(config)
@@ -38,7 +44,8 @@ wildcard_constraints:
     model=_alternatives(config["models"]),
     offline="[A-Za-z0-9_.-]+",
     source="[A-Za-z0-9_.-]+",
-    zoo=_alternatives(config.get("zoo", {})),
+    zoo=_alternatives(zoo_classifiers(config)),  # generators train in rules/generator.smk
+    generator=_alternatives(zoo_generators(config)),
     metric=_alternatives(ALIGN["metrics"]),
     a=_alternatives(config["models"]),
     b=_alternatives(config["models"]),
@@ -225,6 +232,44 @@ def oocr_targets():
     ]
 
 
+GENERATOR = config["generator"]
+GEN_OUT = f"{RESULTS}/generator"
+
+
+def generator_pair_files(wildcards, models=None):
+    """The generator's pair file with each matched model (or with `models`), by model name."""
+    names = generator_models(config) if models is None else models
+    return {m: f"{GEN_OUT}/{wildcards.generator}/pairs/{m}.npz" for m in names}
+
+
+def generator_model_weights(models):
+    """What the vision models need on disk: `model_weights` of each (zoo folders, unpacked offline weights)."""
+    return sorted({w for m in models for w in model_weights(SimpleNamespace(model=m))})
+
+
+def generator_evaluator(wildcards):
+    evaluator = config["zoo"][wildcards.generator].get("evaluator")
+    return [f"{ZOO}/{evaluator}"] if evaluator else []
+
+
+def generator_targets():
+    """Per generator: matches and sets (with any vision model), inversion and edits (with a trained one)."""
+    names = (
+        ["matches.csv", "nulls.png", "sets.csv", "sets.png"]
+        if generator_models(config)
+        else []
+    )
+    if generator_trained_models(config):
+        names += ["inversion.csv", "edits.csv", "edit_summary.csv", "edits.png"]
+    return [f"{GEN_OUT}/{g}/{name}" for g in generator_names(config) for name in names]
+
+
 def study_targets():
-    """Every result of the study: activations, alignment, Rosetta neurons, OOCR."""
-    return extract_targets() + alignment_targets() + rosetta_targets() + oocr_targets()
+    """Every result of the study: activations, alignment, Rosetta neurons, OOCR, the generator stage."""
+    return (
+        extract_targets()
+        + alignment_targets()
+        + rosetta_targets()
+        + oocr_targets()
+        + generator_targets()
+    )

@@ -78,11 +78,15 @@ def check_config(config: dict) -> dict:
                 f"config key 'zoo.{name}.dataset': '{entry['dataset']}' must be a scenes dataset of this config "
                 "(zoo models learn the scene attributes)"
             )
+    _check_generators(config)
     for name, spec in config["models"].items():
         if "__" in name:
             raise ConfigError(f"config key 'models.{name}': model names must not contain '__' "
                               "(it separates the two models of a pair in file names)")
         scheme, _, ref = spec["source"].partition(":")
+        if scheme == "zoo" and ref in zoo_generators(config):
+            raise ConfigError(f"config key 'models.{name}.source': zoo entry '{ref}' is a generator; generators are "
+                              "matched to the vision models in the generator stage (`generator:`), not extracted")
         if scheme == "zoo":
             if ref not in config.get("zoo", {}):
                 raise ConfigError(
@@ -159,6 +163,63 @@ def _check_model_entry(config: dict, name: str, spec: dict, scheme: str, ref: st
                     f"model '{name}' ({ref} runs at {entry.input_size} px); raise image_size to {entry.input_size} "
                     f"or leave {ds} out of models.{name}.datasets"
                 )
+
+
+def zoo_generators(config: dict) -> list[str]:
+    """Zoo entries of `kind: generator` (GANs for the generator stage)."""
+    return [n for n, e in config.get("zoo", {}).items() if e.get("kind") == "generator"]
+
+
+def zoo_classifiers(config: dict) -> list[str]:
+    """Zoo entries that are vision models (everything but generators)."""
+    return [n for n, e in config.get("zoo", {}).items() if e.get("kind", "classifier") != "generator"]
+
+
+def generator_names(config: dict) -> list[str]:
+    """Generators the generator stage studies: `generator.generators`, else every generator zoo entry."""
+    block = config.get("generator", {})
+    if not block.get("enabled", True):
+        return []
+    chosen = block.get("generators")
+    return list(chosen) if chosen is not None else zoo_generators(config)
+
+
+def generator_models(config: dict) -> list[str]:
+    """Vision models the generators are matched to: `generator.models`, else every vision model."""
+    chosen = config.get("generator", {}).get("models")
+    names = list(chosen) if chosen is not None else list(config["models"])
+    return [m for m in names if config["models"][m]["modality"] == "vision"]
+
+
+def generator_trained_models(config: dict) -> list[str]:
+    """The matched models that are trained (form the sets, guide inversion): init pretrained."""
+    return [m for m in generator_models(config) if config["models"][m].get("init", "pretrained") == "pretrained"]
+
+
+def _check_generators(config: dict) -> None:
+    zoo = config.get("zoo", {})
+    for name in zoo_generators(config):
+        entry = zoo[name]
+        if entry.get("arch", {}).get("latent_dim") is None:
+            raise ConfigError(f"config key 'zoo.{name}.arch.latent_dim' is required for a kind: generator entry: "
+                              "the size of its latent z, e.g. latent_dim: 64")
+        evaluator = entry.get("evaluator")
+        if evaluator is not None and evaluator not in zoo_classifiers(config):
+            raise ConfigError(f"config key 'zoo.{name}.evaluator': '{evaluator}' is not a classifier zoo entry "
+                              f"(classifiers: {', '.join(zoo_classifiers(config)) or 'none'})")
+    block = config.get("generator", {})
+    for name in block.get("generators") or []:
+        if name not in zoo_generators(config):
+            raise ConfigError(f"config key 'generator.generators': '{name}' is not a zoo entry of kind: generator "
+                              f"(generators: {', '.join(zoo_generators(config)) or 'none'})")
+    for name in block.get("models") or []:
+        spec = config["models"].get(name)
+        if spec is None or spec["modality"] != "vision":
+            raise ConfigError(f"config key 'generator.models': '{name}' is not a vision model of this config")
+    ds = block.get("invert", {}).get("dataset", "scenes")
+    if generator_names(config) and config["datasets"].get(ds, {}).get("sampler") != "scenes":
+        raise ConfigError(f"config key 'generator.invert.dataset': '{ds}' must be a scenes dataset of this config "
+                          "(edits are measured on its objects)")
 
 
 def _check_output_folders(config: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,8 +22,17 @@ def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
             "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
 
 
+def local_env(env: dict | None = None) -> dict:
+    """The environment of a local (not Slurm) run. The Slurm executor plugin runs `scontrol show config` when
+    Snakemake starts: with a slurm.conf whose controller is down that waits 9-10 s (60 s where SLURM_CONF names
+    a missing file). A local run never talks to Slurm, so it gets an empty config, which fails at once."""
+    return {**(os.environ if env is None else env), "SLURM_CONF": os.devnull}
+
+
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900, env=None):
     cmd = snakemake_command(workdir, config, *args)
+    if "--profile" not in args:
+        env = local_env(env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

@@ -43,7 +43,7 @@ from PIL import Image
 
 from convergence.utils import TMP_TAG
 from stores import write_store
-from workflow import local_env, snakemake, snakemake_command
+from workflow import REPO, local_env, snakemake, snakemake_command
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +98,9 @@ class Job:
         return f"{self.rule}({self.wildcards})" if self.wildcards else self.rule
 
 
-def dry_run(workdir: Path, config: dict, *args: str) -> set[Job]:
+def dry_run(workdir: Path, config: dict, *args: str, snakefile: Path = REPO / "Snakefile") -> set[Job]:
     """The jobs a dry run plans, parsed from Snakemake's job listing."""
-    proc = snakemake(workdir, config, "-n", *args)
+    proc = snakemake(workdir, config, "-n", *args, snakefile=snakefile)
     out = proc.stdout + proc.stderr
     if "Nothing to be done" in out:
         return set()
@@ -180,6 +180,9 @@ class Dag:
             pending = self.after(armed)
         return rounds
 
+    def above(self, job: Job) -> set[Job]:
+        return {j for j in self.jobs if job in self.below[j]}
+
     def after(self, killed: list[Job]) -> set[Job]:
         """What a run that killed `killed` (and finished everything else) leaves to do."""
         return set().union(*({k} | self.below[k] for k in killed))
@@ -206,6 +209,7 @@ class Faults:
     workdir: Path
     config: dict
     root: Path
+    snakefile: Path = REPO / "Snakefile"
 
     def __post_init__(self):
         self.root.mkdir(parents=True)
@@ -220,7 +224,7 @@ class Faults:
         """One Snakemake run (--keep-going) that kills every armed job at its hold; returns its output."""
         self.arm(armed)
         by_output = {str(self.workdir / j.outputs[0]): j for j in armed}
-        cmd = snakemake_command(self.workdir, self.config, "--keep-going")
+        cmd = snakemake_command(self.workdir, self.config, "--keep-going", snakefile=self.snakefile)
         events = os.open(self.root / "events", os.O_RDWR | os.O_NONBLOCK)  # RDWR: never an EOF, never blocks
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
@@ -289,9 +293,10 @@ def test_kill_one_job_of_each_kind_then_rerun_equals_clean_run(dag, clean_run, f
     workdir = tmp_path / "run"
     faults = Faults(workdir, fault_config, tmp_path / "faults")
     rounds = dag.rounds()
-    # Snakemake dies with the job in a round where that job is all there is to run (so nothing else is cut
-    # short and the plan stays exact): the last such round.
-    alone = [n for n, (armed, _, pending) in enumerate(rounds, 1) if pending == dag.after(armed) and len(armed) == 1]
+    # Snakemake dies with the job in a round where, when that job holds, nothing else runs (everything else
+    # pending is above it, so done, or below it, so waiting): nothing is cut short, the plan stays exact.
+    alone = [n for n, (armed, _, pending) in enumerate(rounds, 1)
+             if len(armed) == 1 and all(p in dag.above(armed[0]) | dag.after(armed) for p in pending)]
     assert alone, f"no round runs a single job: {[[a.name for a in armed] for armed, _, _ in rounds]}"
     for number, (armed, forced, _) in enumerate(rounds, 1):
         whole_tree = number == alone[-1]
@@ -323,6 +328,56 @@ def test_kill_one_job_of_each_kind_then_rerun_equals_clean_run(dag, clean_run, f
     in_place = {o for j in ended for o in set(j["exists"]) - set(j["renamed"])}
     assert not in_place, f"outputs written in place, not renamed: {sorted(in_place)}"
     assert all(set(j["exists"]) == set(j["outputs"]) for j in ended), "a job ended with outputs missing"
+
+
+MINI_SNAKEFILE = """
+rule all:
+    input:
+        "atomic.txt",
+        "in_place.txt",
+
+
+rule atomic:
+    output:
+        "atomic.txt",
+    script:
+        "atomic.py"
+
+
+rule in_place:
+    output:
+        "in_place.txt",
+    script:
+        "in_place.py"
+"""
+MINI_SCRIPTS = {
+    "atomic.py": "import os\nopen('atomic.tmp', 'w').write('done')\nos.replace('atomic.tmp', snakemake.output[0])\n",
+    "in_place.py": "open(snakemake.output[0], 'w').write('done')\n",
+}
+
+
+def test_the_fault_hook_holds_renames_and_catches_writes_in_place(tmp_path):
+    """The machinery above on a two-rule workflow: it can fail, and says why."""
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    (flow / "Snakefile").write_text(MINI_SNAKEFILE)
+    for name, text in MINI_SCRIPTS.items():
+        (flow / name).write_text(text)
+    workdir = tmp_path / "run"
+    mini = Dag.of(dry_run(workdir, {}, snakefile=flow / "Snakefile"))
+    job = {j.rule: j for j in mini.jobs}
+    faults = Faults(workdir, {}, tmp_path / "faults", snakefile=flow / "Snakefile")
+
+    faults.run_round([job["atomic"]])  # held at its rename, checked, killed; in_place finishes
+    assert dry_run(workdir, {}, snakefile=flow / "Snakefile") == {job["atomic"], job["all"]}
+    assert not (workdir / "atomic.txt").exists() and (workdir / "atomic.tmp").exists()
+
+    (workdir / "in_place.txt").unlink()
+    with pytest.raises(AssertionError, match=r"ended without holding.*in_place"):
+        faults.run_round([job["in_place"]])  # written in place: no rename to hold
+    records = {r["rule"]: r for r in faults.jobs_log()}
+    assert records["in_place"]["exists"] and not records["in_place"]["renamed"]
+    assert records["atomic"]["renamed"] == records["atomic"]["exists"] == [str(workdir / "atomic.txt")]
 
 
 # ------------------------------------------------------------------------------------ comparison

@@ -66,9 +66,10 @@ def slurm_env():
         if proc.returncode == 3:
             skip_or_fail(proc.stdout.strip().splitlines()[-1])
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        conf = proc.stdout.strip().splitlines()[-1].removeprefix("SLURM_CONF=")
-        assert Path(conf) == state / "slurm.conf"
-        yield {**os.environ, "SLURM_CONF": conf}
+        *_, path, conf = proc.stdout.strip().splitlines()
+        assert conf == f"SLURM_CONF={state / 'slurm.conf'}" and path == f"PATH={state / 'bin'}", proc.stdout
+        yield {**os.environ, "SLURM_CONF": conf.removeprefix("SLURM_CONF="),
+               "PATH": os.pathsep.join([path.removeprefix("PATH="), os.environ["PATH"]])}
     finally:
         cluster("stop", state)
         assert not state.exists()

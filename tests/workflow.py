@@ -13,12 +13,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+def snakemake_command(workdir: Path, config: dict, *args: str, snakefile: Path = REPO / "Snakefile") -> list[str]:
     """The command line of a Snakemake run of `config` in `workdir` (written there as config.yaml)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir),
             "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
 
 
@@ -29,8 +29,9 @@ def local_env(env: dict | None = None) -> dict:
     return {**(os.environ if env is None else env), "SLURM_CONF": os.devnull}
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900, env=None):
-    cmd = snakemake_command(workdir, config, *args)
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900, env=None,
+              snakefile: Path = REPO / "Snakefile"):
+    cmd = snakemake_command(workdir, config, *args, snakefile=snakefile)
     if "--profile" not in args:
         env = local_env(env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

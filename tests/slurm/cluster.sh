@@ -2,7 +2,10 @@
 # A private single-node Slurm cluster on localhost for tests:
 #   cluster.sh start DIR   start munged, slurmctld and slurmd with everything under DIR
 #   cluster.sh stop DIR    stop the daemons that `start DIR` started (by their pid files), then remove DIR
-# Clients reach it with SLURM_CONF=DIR/slurm.conf (printed by start as its last line: SLURM_CONF=...).
+# Clients reach it with SLURM_CONF=DIR/slurm.conf and DIR/bin first on PATH (start prints both as its last
+# two lines). DIR/bin/srun sets SLURM_CONF again before the real srun: the Slurm job-step plugin of Snakemake
+# removes SLURM_CONF from the environment of the srun it starts inside a job, so without the wrapper that
+# srun would look for /etc/slurm/slurm.conf.
 #
 # Safe next to a real cluster: its own config (SLURM_CONF, never /etc/slurm), its own state, spool, pid
 # and log paths, its own munge key and socket, free ports picked at start, all under DIR; it signals only
@@ -30,7 +33,7 @@ free_port() {
 
 start() {
     local dir=$1
-    for cmd in slurmctld slurmd munged sbatch squeue scontrol python3; do
+    for cmd in slurmctld slurmd munged sbatch srun squeue scontrol python3; do
         command -v "$cmd" >/dev/null || skip "$cmd not found (apt-get install slurm-wlm munge)"
     done
     [ "$(id -u)" = 0 ] || skip "starting slurmd needs root"
@@ -81,11 +84,15 @@ SlurmdLogFile=$dir/log/slurmd.log
 NodeName=$host CPUs=$(nproc) RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
+    mkdir -p "$dir/bin"
+    printf '#!/bin/sh\nexport SLURM_CONF=%s\nexec %s "$@"\n' "$conf" "$(command -v srun)" >"$dir/bin/srun"
+    chmod 755 "$dir/bin/srun"
     slurmctld -c -f "$conf" || skip "slurmctld did not start: $(tail -3 "$dir/log/slurmctld.log" 2>/dev/null)"
     slurmd -f "$conf" || skip "slurmd did not start: $(tail -3 "$dir/log/slurmd.log" 2>/dev/null)"
     for _ in $(seq 90); do
         if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
             echo "slurm up on $host (ports $ctld_port, $d_port) in $dir"
+            echo "PATH=$dir/bin"
             echo "SLURM_CONF=$conf"
             return 0
         fi

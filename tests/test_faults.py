@@ -48,7 +48,7 @@ from workflow import REPO, local_env, snakemake, snakemake_command
 pytestmark = pytest.mark.slow
 
 HOOK = Path(__file__).parent / "fault_hook"
-TIMING = re.compile(r"seconds|wall|elapsed")
+TIMING = re.compile(r"seconds|wall|elapsed|_time(_s)?$")  # keys and columns that hold timings
 # Kinds of job the fault config must hold at least, one per stage; the DAG may hold more (they are killed too:
 # oocr_icl today, rules other stages add tomorrow).
 MUST_SEE = {
@@ -61,8 +61,9 @@ RUN_TIMEOUT = 1800  # seconds for one Snakemake run: a guard against a hang, not
 
 @pytest.fixture(scope="module")
 def fault_config(tiny_models):
-    # Three trained language models (Rosetta sets need three), a zoo CNN and its untrained control (a vision
-    # pair, and a control for the Rosetta nulls); one metric; OOCR on one task. Small: reruns stay cheap.
+    # Three trained language models (Rosetta sets need three), two zoo CNNs (a trained vision pair: image
+    # units) and an untrained control (random-init extraction, the Rosetta control null); one metric; OOCR on
+    # one task. Small: reruns stay cheap.
     return {
         "datasets": {"tiny": {"sampler": "scenes", "n": 24, "seed": 4, "image_size": 32},
                      "tiny_train": {"sampler": "scenes", "n": 48, "seed": 5, "image_size": 32}},
@@ -72,11 +73,15 @@ def fault_config(tiny_models):
             "gemma": {"source": f"local:{tiny_models['gemma3']}"},
             "bert": {"source": f"local:{tiny_models['bert']}"},
             "cnn": {"source": "zoo:cnn", "modality": "vision"},
+            "cnn2": {"source": "zoo:cnn2", "modality": "vision"},
             "cnn-random": {"source": "zoo:cnn", "modality": "vision", "init": "random"},
         },
         "zoo": {"cnn": {"dataset": "tiny_train",
                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
-                        "train": {"epochs": 2, "batch_size": 16}}},
+                        "train": {"epochs": 2, "batch_size": 16}},
+                "cnn2": {"dataset": "tiny_train",
+                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
+                         "train": {"epochs": 2, "batch_size": 16, "seed": 1}}},
         "alignment": {"metrics": {"cka": {}}, "n_boot": 20, "n_perm": 20},
         "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4},
         "oocr": {"tasks": ["coins"], "models": ["llama"], "n_eval_per_type": 2,
@@ -420,11 +425,28 @@ def assert_same_results(a: Path, b: Path) -> None:
             pd.testing.assert_frame_equal(ta.drop(columns=timing), tb.drop(columns=timing), obj=str(rel))
         elif rel.suffix == ".json":
             assert _untimed(json.loads(pa_.read_text())) == _untimed(json.loads(pb_.read_text())), rel
+        elif rel.suffix == ".npz":
+            with np.load(pa_) as za, np.load(pb_) as zb:
+                assert sorted(za.files) == sorted(zb.files), rel
+                for key in za.files:
+                    _assert_same_array(za[key], zb[key], f"{rel}: {key}")
         elif rel.suffix == ".png":
             np.testing.assert_array_equal(np.asarray(Image.open(pa_)), np.asarray(Image.open(pb_)),
                                           err_msg=str(rel))
         else:
             assert pa_.read_bytes() == pb_.read_bytes(), rel
+
+
+def _assert_same_array(x: np.ndarray, y: np.ndarray, what: str) -> None:
+    if x.dtype.kind == "U" and x.ndim == 0:  # a JSON document stored as a string (metadata): up to timings
+        try:
+            x, y = json.loads(str(x)), json.loads(str(y))
+        except ValueError:
+            pass
+        else:
+            assert _untimed(x) == _untimed(y), what
+            return
+    np.testing.assert_array_equal(x, y, err_msg=what)
 
 
 def _meta(path: Path) -> dict:

@@ -12,6 +12,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that changes torch's intra-op thread count must not change it for the tests after it (the
+    inter-op count can be set only once per process, so tests must leave it alone)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """arch -> folder of a tiny random model saved with save_pretrained (llama, gemma3, bert, mpnet)."""

@@ -85,49 +85,53 @@ def edit(config: dict, fn) -> dict:
     return config
 
 
+# mistake -> (edit of the config, given a folder outside the working directory; fragments of the error)
 CONFIG_MISTAKES = {
     "unknown offline model": (
-        lambda c: c["models"].__setitem__("big", {"source": "offline:bert-large"}),
+        lambda c, _: c["models"].__setitem__("big", {"source": "offline:bert-large"}),
         ["config key 'models.big.source': unknown offline model 'bert-large'", "Offline models:", "hf:<hub id>"]),
     "unknown model in a stage": (
-        lambda c: c.__setitem__("oocr", {"models": ["gpt-9"]}),
+        lambda c, _: c.__setitem__("oocr", {"models": ["gpt-9"]}),
         ["config key 'oocr.models': unknown model 'gpt-9'"]),
     "unknown zoo model": (
-        lambda c: c["models"].__setitem__("cnn", {"source": "zoo:cnn", "modality": "vision"}),
+        lambda c, _: c["models"].__setitem__("cnn", {"source": "zoo:cnn", "modality": "vision"}),
         ["config key 'models.cnn.source': no zoo entry 'cnn'"]),
     "misspelt top-level key": (
-        lambda c: c.__setitem__("modles", {}),
+        lambda c, _: c.__setitem__("modles", {}),
         ["'modles' was unexpected"]),
     "misspelt model key": (
-        lambda c: c["models"]["bert"].__setitem__("poolling", "cls"),
+        lambda c, _: c["models"]["bert"].__setitem__("poolling", "cls"),
         ["'poolling' was unexpected", "models", "bert"]),
     "wrong value": (
-        lambda c: c["models"]["bert"].__setitem__("pooling", "median"),
+        lambda c, _: c["models"]["bert"].__setitem__("pooling", "median"),
         ["'median' is not one of", "pooling"]),
     "empty dataset size": (
-        lambda c: c["datasets"]["tiny"].__setitem__("n", 0),
+        lambda c, _: c["datasets"]["tiny"].__setitem__("n", 0),
         ["0 is less than the minimum of 1", "'datasets']['tiny']['n']"]),
     "N too small for k": (
-        lambda c: c["alignment"]["metrics"]["mutual_knn"].__setitem__("topk", 12),
+        lambda c, _: c["alignment"]["metrics"]["mutual_knn"].__setitem__("topk", 12),
         ["config key 'alignment.metrics.mutual_knn.topk'", "topk must be < 12", "Lower topk or raise datasets.tiny.n"]),
     "results outside the working directory": (
-        lambda c: c.__setitem__("results", "../elsewhere"),
+        lambda c, _: c.__setitem__("results", "../elsewhere"),
         ["config key 'results': '../elsewhere' is outside", "ln -s"]),
     "absolute results path": (
-        lambda c: c.__setitem__("results", "/tmp/convergence-results"),
-        ["config key 'results': '/tmp/convergence-results' is outside"]),
+        lambda c, outside: c.__setitem__("results", str(outside)),
+        ["config key 'results': '{outside}' is outside"]),
     "resources outside the working directory": (
-        lambda c: c.__setitem__("resources_dir", "/"),
+        lambda c, _: c.__setitem__("resources_dir", "/"),
         ["config key 'resources_dir': '/' is outside"]),
 }
 
 
 @pytest.mark.parametrize("mistake", CONFIG_MISTAKES)
-def test_config_mistakes_fail_before_any_job(run, good_config, mistake):
+def test_config_mistakes_fail_before_any_job(run, good_config, mistake, tmp_path):
     fn, expected = CONFIG_MISTAKES[mistake]
-    out = fails_cleanly(run, edit(good_config, fn), *expected)
+    outside = tmp_path / "outside-results"  # this test's own: absent before, and must stay so
+    config = edit(good_config, lambda c: fn(c, outside))
+    out = fails_cleanly(run, config, *(e.format(outside=outside) for e in expected))
     assert "Select jobs to execute" not in out and "rule " not in out.split("Building DAG")[-1]  # no job ran
-    assert not Path("/tmp/convergence-results").exists()
+    assert not outside.exists()
+    assert not (run.parent / "elsewhere").exists()
 
 
 def test_empty_corpus_fails_in_its_sampling_job(run, good_config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,17 +13,27 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str) -> list[str]:
+def snakemake_command(workdir: Path, config: dict, *args: str, snakefile: Path = REPO / "Snakefile") -> list[str]:
     """The command line of a Snakemake run of `config` in `workdir` (written there as config.yaml)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir),
             "--configfile", str(cfg), *(() if "--profile" in args else ("--cores", "2")), *args]
 
 
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900, env=None):
-    cmd = snakemake_command(workdir, config, *args)
+def local_env(env: dict | None = None) -> dict:
+    """The environment of a local (not Slurm) run. The Slurm executor plugin runs `scontrol show config` when
+    Snakemake starts: with a slurm.conf whose controller is down that waits 9-10 s (60 s where SLURM_CONF names
+    a missing file). A local run never talks to Slurm, so it gets an empty config, which fails at once."""
+    return {**(os.environ if env is None else env), "SLURM_CONF": os.devnull}
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900, env=None,
+              snakefile: Path = REPO / "Snakefile"):
+    cmd = snakemake_command(workdir, config, *args, snakefile=snakefile)
+    if "--profile" not in args:
+        env = local_env(env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

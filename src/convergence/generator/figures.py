@@ -14,26 +14,18 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from convergence.utils import atomic_path  # noqa: E402
+from convergence.utils import save_figure  # noqa: E402
 
 FIGURE_SEED_OFFSET = 1000  # figure images are drawn apart from the matching images
 FIGURE_IMAGES = 64
 IMAGES_PER_SET = 3
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
-
-
 def _message_figure(text: str, path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def null_figure(table: pd.DataFrame, path, generator: str) -> Path:
@@ -64,7 +56,7 @@ def null_figure(table: pd.DataFrame, path, generator: str) -> Path:
         axes[0][col].set_title(f"{generator}: {title}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _overlay(ax, image: np.ndarray, heat: np.ndarray | None, title: str | None = None) -> None:
@@ -123,7 +115,7 @@ def sets_figure(frame: pd.DataFrame, pairs: Mapping, models: Sequence[str], gene
     fig.suptitle(f"Rosetta sets of {generator_name} (anchor) across {', '.join(models)}: the same generated images, "
                  "each unit's map over them", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def edits_figure(real: np.ndarray, inverted: np.ndarray, inversion: pd.DataFrame, requests, accepted, edited,
@@ -162,7 +154,7 @@ def edits_figure(real: np.ndarray, inverted: np.ndarray, inversion: pd.DataFrame
             axes[i][j].axis("off")
     fig.suptitle("Rosetta-guided inversion and edits (green: measured success, red: failure)", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _measured(row) -> str:

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from convergence.utils import atomic_path, package_versions, sha256_file
+from convergence.utils import package_versions, sha256_file
 
 ARCH_DEFAULTS = {"dcgan": {"width": 16, "image_size": 64}}
 REQUIRED_ARCH_KEYS = ("latent_dim",)

@@ -26,7 +26,6 @@ Memory is O(Da·Db + chunk_size·(Da+Db)), independent of N.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence

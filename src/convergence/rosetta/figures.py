@@ -32,24 +32,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from convergence.rosetta.units import open_units, units_array  # noqa: E402
-from convergence.utils import atomic_path  # noqa: E402
+from convergence.utils import save_figure, write_text  # noqa: E402
 
 from .stage import read_summary, read_table, set_models  # noqa: E402
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
-
-
-def _write_text(text: str, path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return path
 
 
 # ---------------------------------------------------------------- unit selections
@@ -154,7 +139,7 @@ def image_units_figure(sets, units: Mapping[str, str | Path], samples_path: str 
         ax.axis("off")
     if not len(table):
         axes[0, 0].text(0.5, 0.5, "no matched units", ha="center", va="center")
-        return _save(fig, out_path)
+        return save_figure(fig, out_path)
     for s, row in table.iterrows():
         anchor_map = values[anchor][:, s].reshape(-1, cells)
         best = np.argsort(-anchor_map.max(1), kind="stable")[:top_images]
@@ -174,7 +159,7 @@ def image_units_figure(sets, units: Mapping[str, str | Path], samples_path: str 
                                      f"r {row.get(f'{m}_r', np.nan):.2f}", fontsize=6)
     fig.suptitle(f"Rosetta units over their top images (anchor {anchor})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 # ---------------------------------------------------------------- text
@@ -266,7 +251,7 @@ def text_units_figure(sets, units: Mapping[str, str | Path], out_png: str | Path
             md.append(f"| {rank + 1} | " + " | ".join(entries) + " |")
         md.append("")
     fig.tight_layout()
-    return _save(fig, out_png), _write_text("\n".join(md) + "\n", out_md)
+    return save_figure(fig, out_png), write_text(out_md, "\n".join(md) + "\n")
 
 
 def _md_escape(text: str) -> str:
@@ -319,7 +304,7 @@ def match_summary_figure(summary, out_path: str | Path, criterion: str = "strict
         f"(null {_fmt(rep.get('mean_r_null'))}), {rep.get('above_null_max', '-')} above the null's max |r|",
         fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, criterion: str = "strict") -> Path:
@@ -340,7 +325,7 @@ def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, c
         ax.set_title(f"{criterion}: {title}", fontsize=9)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _fmt(x) -> str:

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from convergence.rosetta.units import open_units
+from convergence.utils import write_text
 
 from . import figures
 from .stage import DEFAULT_K_BACK, null_excess_table, read_summary, rosetta_sets_from_pairs, save_table
@@ -62,7 +63,7 @@ def make_figures(modality: str, summaries: Mapping[tuple[str, str], str | Path],
         figures.image_units_figure(pairwise, pair_units, samples_path, out["pairwise"], mode=None)
         figures.image_units_figure(neurons, units, samples_path, out["neurons"],
                                    mode="anchor" if sets_path is not None else None)
-        Path(out["md"]).write_text(_sets_markdown(neurons, sets_path is not None))
+        write_text(out["md"], _sets_markdown(neurons, sets_path is not None))
     else:
         scratch = Path(out["md"]).with_suffix(".pairwise.md")
         figures.text_units_figure(pairwise, pair_units, out["pairwise"], scratch, samples_path=samples_path,

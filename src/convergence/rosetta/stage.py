@@ -247,7 +247,7 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     observed = _PartnerBuilder(dim_x, int(k), absolute)
     nulls = [_PartnerBuilder(dim_x, null_k, absolute) for _ in range(draws)]
     draw_seeds = [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(int(seed)).spawn(draws)]
-    obs_dense, null_dense, self_r, const_x = [], [], None, None
+    obs_dense, null_dense, self_r = [], [], None
     timing = {"pass": 0.0, "null": 0.0, "rotations": 0.0}
     for start in range(0, dim_y, columns):
         t = time.time()
@@ -255,7 +255,7 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
                        self_blocks=blocks if draws and self_r is None else None)
         timing["pass"] += time.time() - t
         if self_r is None:
-            self_r, const_x = part.self_r, part.const_a
+            self_r = part.self_r
         observed.add(part.r, start, part.const_a, part.const_b)
         if dense:
             obs_dense.append(part.r)

@@ -48,7 +48,7 @@ def test_clip_threshold_global_is_the_prh_exact_order_statistic():
     q = 0.95
     # PRH remove_outliers(exact=True): sort |feats| over all layers, take index int(q * numel)
     expected = torch.from_numpy(A).view(-1).abs().sort().values[int(q * A.size)].item()
-    assert clip_threshold(A, q) == expected
+    assert clip_threshold(A, q, method="global") == expected
 
 
 def test_clip_threshold_per_sample_mean_is_prh_default():
@@ -57,6 +57,7 @@ def test_clip_threshold_per_sample_mean_is_prh_default():
     # PRH remove_outliers(exact=False): per-sample quantile over (layer, neuron), averaged
     expected = torch.quantile(torch.from_numpy(A).abs().flatten(start_dim=1).double(), q, dim=1).mean().item()
     assert clip_threshold(A, q, method="per_sample_mean") == pytest.approx(expected, rel=1e-12)
+    assert clip_threshold(A, q) == clip_threshold(A, q, method="per_sample_mean")  # the default, as PRH's
 
 
 def test_preprocess_clips_then_normalises():
@@ -142,7 +143,7 @@ def test_layer_scores_do_not_depend_on_workers(name):
 
 
 def test_default_workers_fit_their_memory():
-    from convergence.alignment import WORKER_MEMORY, _default_workers
+    from convergence.alignment.layers import WORKER_MEMORY, _default_workers
 
     knn, cka = metrics.get("mutual_knn"), metrics.get("cka")
     assert _default_workers(knn, 1024, 768, cpus=16) == 16

@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from convergence.cli import main
-from convergence.pairwise import read_pair
+from convergence.alignment import read_pair
 from stores import related, write_store
 
 

@@ -14,15 +14,18 @@ for every permutation (each layer once per permutation). Timings are wall-clock 
 machine: ours is the best of several runs, the reference one run (it is slow); each ratio is
 printed with the runs it comes from.
 
-``--budget`` times the calibration, bootstrap and N-sweep of an align_pair job for the layer
-shapes of the default run's 12 models (synthetic activations, N=1024), per metric at its
-configured K, summed over the 66 pairs; plus the job's process start and imports.
+``--budget`` measures the CPU time (``time.process_time``: the job-minutes of single-threaded jobs;
+wall-clock on a shared machine says little) of an align_pair job's parts for the layer shapes of
+the default run's 12 models (synthetic activations, N=1024), per metric at its configured K, summed
+over the 66 pairs; and of the job's process start and imports. Run it with one BLAS thread
+(OMP_NUM_THREADS=1), as the jobs run.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import resource
 import subprocess
 import sys
 import time
@@ -125,30 +128,32 @@ def budget(args) -> None:
         perms = permutations(n, k, 0)
         totals = dict.fromkeys(("prepare", "calibrate", "bootstrap", "sweep"), 0.0)
         worst = (0.0, None)
+        clock = time.process_time
         for a, b in pairs:
-            t0 = time.perf_counter()
+            t0 = clock()
             pair = prepare_pair(stacks[a], stacks[b], metric, clip_quantile=0.95, workers=1, **params)
-            t1 = time.perf_counter()
+            t1 = clock()
             calibrate_pair(pair, perms)
-            t2 = time.perf_counter()
+            t2 = clock()
             i, j, _ = best_pair(pair.matrix)
             replicate_scores(pair.spec, pair.subsampler("a", i), pair.subsampler("b", j), pair.compare_params, halves)
-            t3 = time.perf_counter()
+            t3 = clock()
             n_sweep(pair, i, j, sweep_sizes(n, 64), 5, 0, log=lambda *_: None)
-            t4 = time.perf_counter()
+            t4 = clock()
             for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 totals[key] += dt
             worst = max(worst, (t2 - t1, f"{a} x {b}"))
-        print(f"{metric} (K={k}), {len(pairs)} pairs, one worker: " + ", ".join(
-            f"{key} {seconds:.1f} s" for key, seconds in totals.items())
-            + f"; slowest calibration {worst[0]:.2f} s ({worst[1]})")
+        print(f"{metric} (K={k}), {len(pairs)} pairs, CPU seconds: " + ", ".join(
+            f"{key} {seconds:.1f}" for key, seconds in totals.items())
+            + f"; slowest calibration {worst[0]:.2f} s ({worst[1]})", flush=True)
     code = "import convergence.alignment.pairwise, convergence.utils"
     starts = []
     for _ in range(3):
-        start = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-c", code], check=True)
-        starts.append(time.perf_counter() - start)
-    print(f"process start + imports of an align_pair job: {', '.join(f'{t:.2f}' for t in starts)} s")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        starts.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    print(f"process start + imports of an align_pair job, CPU seconds: {', '.join(f'{t:.2f}' for t in starts)}")
 
 
 def main() -> None:

@@ -239,13 +239,20 @@ def _default_workers(spec, n: int, d: int, cpus: int) -> int:
     return int(max(1, min(cpus, WORKER_MEMORY // per_worker)))
 
 
+# Scores this close to the maximum (relative) are the same score: a mean of the same shared-neighbour
+# counts summed in another order differs in its last bits, which must not pick the layer pair.
+TIE_TOLERANCE = 1e-12
+
+
 def best_pair(matrix) -> tuple[int, int, float]:
-    """(layer_a, layer_b, score) of the maximum; the first in row-major order on ties
-    (PRH's loop order)."""
+    """(layer_a, layer_b, score) of the maximum; the first in row-major order on ties (PRH's loop
+    order), scores within TIE_TOLERANCE (relative) of the maximum counting as tied."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.size == 0:
         raise ValueError(f"expected a non-empty 2-D score matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError("score matrix has non-finite values")
-    i, j = np.unravel_index(int(np.argmax(matrix)), matrix.shape)
+    top = matrix.max()
+    first = int(np.flatnonzero(matrix.ravel() >= top - TIE_TOLERANCE * max(1.0, abs(top)))[0])
+    i, j = np.unravel_index(first, matrix.shape)
     return int(i), int(j), float(matrix[i, j])

@@ -170,6 +170,16 @@ def scale_figure(table: pd.DataFrame, info: pd.DataFrame, path, title: str, refe
 VERDICT_COLOURS = {"supported": "C2", "reversed": "C3", "inconclusive": "0.45"}
 
 
+def _claim_label(row) -> str:
+    """Short y label of a claim: the two pairs compared, or the claim's text for trends."""
+    pair = str(row.pair).replace("__", " x ")
+    if row.kind in ("control", "baseline"):
+        return f"{pair}  -  {str(row.versus).replace('__', ' x ')}"
+    if row.kind == "beyond_null":
+        return f"{pair}  -  tau"
+    return str(row.claim)
+
+
 def claims_forest(claims: pd.DataFrame, path, title: str, alpha: float) -> None:
     """The claims as a forest plot: per tested claim its estimate (a difference of scores, rho, or
     the excess over the null's tau) and interval, coloured by verdict, one panel per kind; the
@@ -197,7 +207,7 @@ def claims_forest(claims: pd.DataFrame, path, title: str, alpha: float) -> None:
         if rows.empty:
             ax.text(0.5, 0.5, "every claim of this kind was skipped", transform=ax.transAxes, ha="center",
                     va="center", fontsize=7)
-        labels = rows["claim"].tolist()
+        labels = [_claim_label(r) for r in rows.itertuples()]
         ax.set_yticks(range(len(rows)), [lab if len(lab) < 90 else lab[:87] + "..." for lab in labels], fontsize=6)
         ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
         ax.tick_params(axis="x", labelsize=7)

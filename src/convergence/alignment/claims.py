@@ -177,10 +177,10 @@ def _trend(pairs: PairSet, claim: str, points: list[tuple[str, list[tuple[str, s
         return _row("competence", claim, pair=", ".join(models), reason="every model has the same competence")
     rho = float(spearman(x, score))
     rho_reps = spearman(x, reps)
-    low, high = stats.interval_of(rho, rho_reps, pairs.n)
+    low, high = np.clip(stats.interval_of(rho, rho_reps, pairs.n), -1.0, 1.0)  # rho's own range
     p, floor = model_permutation_p(x, score, rho)
-    return _row("competence", claim, pair=", ".join(models), versus=left_out, estimate=rho, ci_low=low,
-                ci_high=high, p_value=p, p_floor=floor, p_method=P_MODELS, n=len(models))
+    return _row("competence", claim, pair=", ".join(models), versus=left_out, estimate=rho, ci_low=float(low),
+                ci_high=float(high), p_value=p, p_floor=floor, p_method=P_MODELS, n=len(models))
 
 
 def competence_claims(pairs: PairSet, info: pd.DataFrame, trained: list[str], reference: str | None) -> list[dict]:
@@ -229,8 +229,9 @@ def null_claims(pairs: PairSet, info: pd.DataFrame) -> list[dict]:
         tau = s["tau"]
         estimate = cal["observed"] - tau
         ci = (s["ci_low"] - tau, s["ci_high"] - tau) if cal["agg"] == "max" else (np.nan, np.nan)
+        what = ("" if cal["agg"] == "max" else "; no interval: the bootstrap resamples the best layer pair only")
         rows.append(_row("beyond_null", f"{a} x {b} aligns beyond its calibrated null ({cal['agg']} over layer pairs "
-                                 f"minus tau)", pair=f"{a}__{b}", versus=f"{cal['n_perm']} permutations",
+                                 f"minus tau{what})", pair=f"{a}__{b}", versus=f"{cal['n_perm']} permutations",
                          estimate=estimate, ci_low=ci[0], ci_high=ci[1], p_value=s["p_value"],
                          p_floor=s["p_floor"], p_method=P_NULL, n=cal["n_perm"]))
     return rows

@@ -139,4 +139,6 @@ def test_errors_are_clear():
             calibrate_layers(A, B, "cka", perms=perms)
     with pytest.raises(ValueError, match="n_perm must be a positive integer"):
         calibrate_layers(A, B, "cka", n_perm=0)
+    with pytest.warns(UserWarning, match="10 permutations are too few for alpha = 0.05.*use n_perm >= 19"):
+        assert calibrate_layers(*model_pair(signal=3.0), "cka", n_perm=10).calibrated == 0.0
     assert check_perms(good.astype(np.int32), 40).dtype == np.int64

@@ -20,6 +20,7 @@ pass), Grams are re-indexed (CKA: one matrix product per permutation).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -106,6 +107,10 @@ def calibrate_pair(pair: PreparedPair, perms: np.ndarray, alpha: float = 0.05, a
             progress(k + 1)
     if not np.isfinite(null).all() or not np.isfinite(observed):
         raise ValueError(f"the aggregate {agg!r} of the score grid is not finite")
+    if math.ceil((1.0 - alpha) * (len(null) + 1)) > len(null):
+        warnings.warn(f"{len(null)} permutations are too few for alpha = {alpha}: tau is the largest of the observed "
+                      f"and null aggregates, so the calibrated score is 0 whatever the data; use n_perm >= "
+                      f"{math.ceil(1 / alpha) - 1}", stacklevel=2)
     tau = critical_value(observed, null, alpha)
     calibrated = min(max((observed - tau) / max(S_MAX - tau, _EPSILON), 0.0), 1.0)
     p_value = (1 + int(np.count_nonzero(null >= observed))) / (len(null) + 1)

@@ -35,7 +35,7 @@ import torch
 
 from convergence import metrics
 from convergence.alignment import calibrate_layers, layer_scores, preprocess
-from convergence.alignment.calibration import aggregator, calibrate_pair, critical_value, permutations
+from convergence.alignment.calibration import calibrate_pair, critical_value, permutations
 from convergence.alignment.layers import best_pair, prepare_pair
 from convergence.alignment.nsweep import n_sweep, sweep_sizes
 from convergence.alignment.stats import half_samples, replicate_scores

@@ -11,7 +11,6 @@ must be equal exactly (counts of shared neighbours).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convergence.alignment import layer_scores, layer_workers, preprocess_layer
+from convergence.alignment.layers import layer_scores, layer_workers, preprocess_layer
 from convergence.metrics.knn import STAT_KEYS, knn_indices, neighbours
 
 TOPK = 10

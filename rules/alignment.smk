@@ -17,10 +17,8 @@ rule align_pair:
         runtime=30,
     params:
         metric=lambda wc: ALIGN["metrics"][wc.metric],  # only this metric's parameters: others never rerun
-        options={
-            k: ALIGN[k]
-            for k in ("normalize", "clip_quantile", "n_boot", "n_perm", "ci", "seed")
-        },
+        options={k: ALIGN[k] for k in PAIR_OPTIONS},
+        sweep=lambda wc: sweep_options(config, wc.a, wc.b),  # only this pair's: a subset change reruns those
     script:
         "../scripts/align_pair.py"
 
@@ -49,6 +47,20 @@ rule aggregate_alignment:
             category="Alignment",
             subcategory="{dataset}: {metric}",
         ),
+        claims=f"{RESULTS}/alignment/{{dataset}}/{{metric}}_claims.csv",
+        claims_figure=report(
+            f"{RESULTS}/alignment/{{dataset}}/{{metric}}_claims.png",
+            caption="../report/alignment_claims.rst",
+            category="Alignment",
+            subcategory="{dataset}: {metric}",
+        ),
+        nsweep=f"{RESULTS}/alignment/{{dataset}}/{{metric}}_nsweep.csv",
+        nsweep_figure=report(
+            f"{RESULTS}/alignment/{{dataset}}/{{metric}}_nsweep.png",
+            caption="../report/alignment_nsweep.rst",
+            category="Alignment",
+            subcategory="{dataset}: {metric}",
+        ),
     log:
         f"{RESULTS}/logs/alignment/{{dataset}}/{{metric}}_aggregate.log",
     conda:
@@ -59,5 +71,7 @@ rule aggregate_alignment:
     params:
         models=lambda wc: models_on(config, wc.dataset),
         reference=ALIGN["reference"],
+        controls=lambda wc: dataset_controls(config, wc.dataset),
+        alpha=ALIGN["alpha"],
     script:
         "../scripts/aggregate_alignment.py"

@@ -6,10 +6,12 @@ from types import SimpleNamespace
 from convergence.config import (
     EXTRACT_KEYS,
     IDENTITY_KEYS,
+    PAIR_OPTIONS,
     UNITS_KEYS,
     alignment_datasets,
     check_config,
     controls_of,
+    dataset_controls,
     datasets_for_model,
     generator_models,
     generator_names,
@@ -21,6 +23,7 @@ from convergence.config import (
     rosetta_pairs,
     rosetta_set_models,
     spec_for,
+    sweep_options,
     zoo_classifiers,
     zoo_generators,
 )
@@ -129,7 +132,16 @@ def alignment_targets():
         f"{RESULTS}/alignment/{dataset}/{metric}{suffix}"
         for dataset in alignment_datasets(config)
         for metric in ALIGN["metrics"]
-        for suffix in (".csv", ".png", "_layers.png", "_scale.png")
+        for suffix in (
+            ".csv",
+            ".png",
+            "_layers.png",
+            "_scale.png",
+            "_claims.csv",
+            "_claims.png",
+            "_nsweep.csv",
+            "_nsweep.png",
+        )
     ]
 
 

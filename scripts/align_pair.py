@@ -1,9 +1,7 @@
-from convergence.pairwise import align_stores, metric_call, write_pair
+from convergence.alignment.pairwise import align_configured
 from convergence.utils import log_to
 
 with log_to(snakemake.log[0]):
-    name, params = metric_call(snakemake.params.metric, snakemake.wildcards.metric)
-    result = align_stores(snakemake.input.a, snakemake.input.b, name, params, workers=snakemake.threads,
-                          **snakemake.params.options)
-    write_pair(result, snakemake.output[0])
-    print(result.summary())
+    align_configured(snakemake.input.a, snakemake.input.b, snakemake.wildcards.metric, snakemake.params.metric,
+                     snakemake.params.options, snakemake.params.sweep, snakemake.output[0],
+                     workers=snakemake.threads)

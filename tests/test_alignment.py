@@ -48,7 +48,7 @@ def test_clip_threshold_global_is_the_prh_exact_order_statistic():
     q = 0.95
     # PRH remove_outliers(exact=True): sort |feats| over all layers, take index int(q * numel)
     expected = torch.from_numpy(A).view(-1).abs().sort().values[int(q * A.size)].item()
-    assert clip_threshold(A, q) == expected
+    assert clip_threshold(A, q, method="global") == expected
 
 
 def test_clip_threshold_per_sample_mean_is_prh_default():
@@ -57,6 +57,7 @@ def test_clip_threshold_per_sample_mean_is_prh_default():
     # PRH remove_outliers(exact=False): per-sample quantile over (layer, neuron), averaged
     expected = torch.quantile(torch.from_numpy(A).abs().flatten(start_dim=1).double(), q, dim=1).mean().item()
     assert clip_threshold(A, q, method="per_sample_mean") == pytest.approx(expected, rel=1e-12)
+    assert clip_threshold(A, q) == clip_threshold(A, q, method="per_sample_mean")  # the default, as PRH's
 
 
 def test_preprocess_clips_then_normalises():
@@ -142,7 +143,7 @@ def test_layer_scores_do_not_depend_on_workers(name):
 
 
 def test_default_workers_fit_their_memory():
-    from convergence.alignment import WORKER_MEMORY, _default_workers
+    from convergence.alignment.layers import WORKER_MEMORY, _default_workers
 
     knn, cka = metrics.get("mutual_knn"), metrics.get("cka")
     assert _default_workers(knn, 1024, 768, cpus=16) == 16
@@ -195,6 +196,10 @@ def test_best_pair_is_the_max_first_on_ties():
     m = np.array([[0.1, 0.5, 0.2], [0.5, 0.3, 0.0]])
     assert best_pair(m) == (0, 1, 0.5)
     assert best_pair(-np.ones((2, 2))) == (0, 0, -1.0)  # PRH would report no pair here
+    # Equal means summed in another order differ in their last bits: still a tie, the first wins.
+    assert best_pair(np.array([[0.1, 0.3], [0.1 + 0.2, 0.0]]))[:2] == (0, 1)
+    assert 0.1 + 0.2 > 0.3 and best_pair(np.array([[0.1 + 0.2, 0.3]]))[:2] == (0, 0)
+    assert best_pair(np.array([[0.3, 0.3 + 1e-9]]))[:2] == (0, 1)
     with pytest.raises(ValueError, match="non-finite"):
         best_pair(np.array([[np.nan, 1.0]]))
 
@@ -217,13 +222,43 @@ def test_knn_subsample_neighbours_equal_recomputation():
 
 
 @pytest.mark.parametrize("name", metrics.available())
-def test_bootstrap_is_deterministic_and_brackets_the_score(name):
-    X, Y = aligned_pair(n=80)
+def test_bootstrap_is_deterministic_and_equals_the_half_sample_formula(name):
+    X, Y = aligned_pair(n=81)  # odd N: the scale sqrt(m / (N - m)) is not 1
     params = SMALL_PARAMS.get(name, {})
     first = bootstrap_ci(X, Y, name, n_boot=12, seed=3, **params)
     assert first == bootstrap_ci(X, Y, name, n_boot=12, seed=3, **params)
     assert first.score == metrics.score(name, X, Y, **params)
-    assert first.low <= first.score <= first.high
+    # Independently: the same seeded half-samples scored from scratch, centred, scaled, quantiles.
+    rng = np.random.default_rng(3)
+    halves = [np.sort(rng.permutation(81)[:40]) for _ in range(12)]
+    reps = np.array([metrics.score(name, X[i], Y[i], **params) for i in halves])
+    low, high = first.score + np.quantile((reps - reps.mean()) * np.sqrt(40 / 41), [0.025, 0.975])
+    assert (first.low, first.high) == pytest.approx((low, high), abs=1e-12)
+
+
+def _population(n, seed, noise=2.0):
+    """Two representations of one latent (fixed maps, fresh samples per seed)."""
+    maps = np.random.default_rng(99)
+    W1, W2 = maps.standard_normal((4, 24)), maps.standard_normal((4, 16))
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 4))
+    return z @ W1 + noise * rng.standard_normal((n, 24)), z @ W2 + noise * rng.standard_normal((n, 16))
+
+
+@pytest.mark.parametrize("name,params", [("mutual_knn", {"topk": 5}), ("cka", {}), ("svcca", {"cca_dim": 3})])
+def test_bootstrap_interval_covers_the_population_value(name, params):
+    # The population value at this N: the mean score over 300 independent samples (its standard
+    # error is ~1/17 of the spread of one score, small next to the interval). The 95% half-sample
+    # interval of each of 120 further independent samples should cover it 95% of the time; the band
+    # [0.87, 1.0] is 0.95 minus 4 binomial SDs at 120 draws (sd 0.02), as an interval that is too
+    # narrow (coverage below ~0.87) fails here, and 1.0 is allowed (a conservative interval).
+    n = 120
+    truth = np.mean([metrics.score(name, *_population(n, 10_000 + s), **params) for s in range(300)])
+    covered = 0
+    for seed in range(120):
+        ci = bootstrap_ci(*_population(n, seed), name, n_boot=60, seed=seed, **params)
+        covered += ci.low <= truth <= ci.high
+    assert 0.87 <= covered / 120 <= 1.0, covered / 120
 
 
 def test_bootstrap_width_tracks_the_sampling_spread():
@@ -251,7 +286,8 @@ def test_with_replacement_would_be_biased_which_half_sampling_avoids():
     with_replacement = [metrics.score("mutual_knn", X[i], Y[i]) for i in rng.integers(0, 200, (20, 200))]
     assert np.quantile(with_replacement, 0.025) > observed
     interval = bootstrap_ci(X, Y, "mutual_knn", n_boot=100)
-    assert interval.low < observed < interval.high
+    # The half-sample interval's upper end stays below most with-replacement replicates.
+    assert interval.high < np.median(with_replacement)
 
 
 def test_bootstrap_errors():

@@ -239,7 +239,7 @@ def _check_output_folders(config: dict) -> None:
 
 def _check_alignment(config: dict) -> None:
     from convergence import metrics
-    from convergence.pairwise import metric_call
+    from convergence.alignment.pairwise import metric_call
 
     al = config.get("alignment", {})
     for ds in al.get("datasets") or []:
@@ -250,6 +250,13 @@ def _check_alignment(config: dict) -> None:
             name, params = metric_call(entry, label)
         except ValueError as e:
             raise ConfigError(f"config key 'alignment.metrics.{label}': {e}") from None
+        n_perm = (entry or {}).get("n_perm")
+        if n_perm is not None and (isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 1):
+            raise ConfigError(f"config key 'alignment.metrics.{label}.n_perm': {n_perm!r} must be a positive integer "
+                              "(the permutations of this metric's calibrated null)")
+        if name == "cknna" and params.get("topk") is None:
+            raise ConfigError(f"config key 'alignment.metrics.{label}.topk' is required for cknna: without it CKNNA "
+                              "keeps every pair and measures unbiased CKA instead (PRH always passes a topk, e.g. 10)")
         topk = params.get("topk", metrics.defaults(name).get("topk"))
         if topk is None:
             continue
@@ -262,6 +269,11 @@ def _check_alignment(config: dict) -> None:
                     f"dataset '{ds}' has (n = {n}; the bootstrap uses half-samples of {n // 2}, so topk must be "
                     f"< {n // 2}). Lower topk or raise datasets.{ds}.n."
                 )
+    for pair in (al.get("n_sweep") or {}).get("pairs") or []:
+        models = str(pair).split("__")
+        if len(models) != 2 or any(m not in config["models"] for m in models):
+            raise ConfigError(f"config key 'alignment.n_sweep.pairs': '{pair}' is not two models of this config "
+                              "joined by '__' (e.g. smollm2-135m__cnn-w32-s0)")
     ref = al.get("reference")
     if ref and ref not in config["models"]:
         raise ConfigError(f"config key 'alignment.reference': '{ref}' is not a model of this config")
@@ -289,6 +301,27 @@ def _check_alignment(config: dict) -> None:
     for modality, anchor in ro.get("anchor", {}).items():
         if anchor not in config["models"] or config["models"][anchor]["modality"] != modality:
             raise ConfigError(f"config key 'rosetta.anchor.{modality}': '{anchor}' is not a {modality} model")
+
+
+# The `alignment` keys an align_pair job depends on (params are part of its outputs' identity).
+PAIR_OPTIONS = ("normalize", "clip_quantile", "clip_method", "n_boot", "n_perm", "ci", "seed", "alpha", "aggregate")
+
+
+def sweep_options(config: dict, a: str, b: str) -> dict | None:
+    """The N-sweep settings of one pair, None when the sweep is off or the pair not chosen."""
+    sweep = config.get("alignment", {}).get("n_sweep") or {}
+    if not sweep.get("enabled", True):
+        return None
+    chosen = sweep.get("pairs")
+    if chosen and not {f"{a}__{b}", f"{b}__{a}"} & set(chosen):
+        return None
+    return {"min_n": sweep.get("min_n", 64), "draws": sweep.get("draws", 5)}
+
+
+def dataset_controls(config: dict, dataset: str) -> dict[str, str]:
+    """Each pretrained model on `dataset` -> its random-init control (None: the config has none)."""
+    on = set(models_on(config, dataset))
+    return {m: c for m, c in controls_of(config).items() if m in on}
 
 
 def models_on(config: dict, dataset: str) -> list[str]:

@@ -218,6 +218,61 @@ def shared_counts(a, b):
     return out
 
 
+@njit(**_JIT)
+def shared_count_grid(nx, ny, perm, jaccard, out) -> None:
+    """Null scores of the kNN set metrics for every layer pair at once: ``out[i, j]`` +=
+    the sum over rows s of f(|nx[s, i] ∩ relabelled ny[perm[s], j]|), where Y's samples are
+    relabelled by ``perm`` (row s of Y[perm] is sample perm[s]; its neighbour m sits at row
+    inverse[m]), f(c) = c (mutual kNN) or c / (2k - c) (Jaccard, ``jaccard``).
+
+    ``nx`` [N, Lx, k] and ``ny`` [N, Ly, k]: each layer's neighbour sets, rows = samples.
+    Instead of relabelling Y's neighbours, X's are mapped into Y's labels (inverse[m] == x
+    exactly when m == perm[x]), and the row's Y sets are marked in a stamp array: O(N Lx Ly k).
+    """
+    n, lx, k = nx.shape
+    ly = ny.shape[1]
+    mark = np.zeros(n, dtype=np.int64)
+    mapped = np.empty((lx, k), dtype=np.int64)
+    stamp = 0
+    for s in range(n):
+        t = perm[s]
+        for i in range(lx):
+            for p in range(k):
+                mapped[i, p] = perm[nx[s, i, p]]
+        for j in range(ly):
+            stamp += 1
+            for q in range(k):
+                mark[ny[t, j, q]] = stamp
+            for i in range(lx):
+                c = 0
+                for p in range(k):
+                    c += mark[mapped[i, p]] == stamp
+                if jaccard:
+                    out[i, j] += c / (2 * k - c)
+                else:
+                    out[i, j] += c
+
+
+@njit(**_JIT)
+def pack_symmetric(G, perm, diagonal_scale, off_scale, out) -> None:
+    """The upper triangle (diagonal included) of the symmetric ``G[perm][:, perm]``, row by
+    row, into ``out`` [N (N + 1) / 2]: the diagonal times ``diagonal_scale``, the rest times
+    ``off_scale``. Row r gathers from row perm[r] of G, copied first into a buffer: gathering
+    from the row in place touches its cache lines in random order, four times slower."""
+    n = G.shape[0]
+    row = np.empty(n, dtype=G.dtype)
+    p = 0
+    for r in range(n):
+        source = G[perm[r]]
+        for c in range(n):
+            row[c] = source[c]
+        out[p] = row[perm[r]] * diagonal_scale
+        p += 1
+        for c in range(r + 1, n):
+            out[p] = row[perm[c]] * off_scale
+            p += 1
+
+
 # BLAS ssyrk through scipy's Cython BLAS table: a ctypes call releases the GIL, which
 # scipy.linalg.blas.ssyrk does not.
 _P = ctypes.c_void_p

@@ -11,7 +11,10 @@ A metric is written as two halves so that work on one representation is done onc
 once per layer and ``compare`` per layer pair, so both paths agree by construction.
 Optional hooks let resampling reuse that work: ``permute(state, perm)`` gives the state of
 ``X[perm]`` (permutation tests); ``subsampler(X, **p)`` returns ``idx -> state of X[idx]``
-(bootstrap), by default ``prepare(X[idx])``.
+(bootstrap), by default ``prepare(X[idx])``; ``from_state(state)`` returns such a function
+that needs the state only, where that is exact (else None); ``grid(states_x, states_y, **p)`` returns
+``perm -> [Lx, Ly]`` scores of every layer pair with Y's samples relabelled by ``perm`` (the
+null of a layer search), by default ``permute`` and ``compare`` per layer pair.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Metric:
     permute: Callable[[Any, np.ndarray], Any] | None
     subsampler: Callable[..., Callable[[np.ndarray], Any]] | None
     state_refers_to_input: bool  # False: prepare's state holds no reference to X (its buffer may be reused)
+    from_state: Callable[[Any], Callable[[np.ndarray], Any] | None] | None
+    grid: Callable[..., Callable[[np.ndarray], np.ndarray]] | None
     defaults: dict[str, Any]
     prepare_params: tuple[str, ...]
     compare_params: tuple[str, ...]
@@ -70,6 +75,55 @@ class Metric:
                 return make(idx)
 
         return state_of
+
+    def state_subsampler(self, state, X_of: Callable[[], np.ndarray], prepare_params: dict):
+        """``idx -> state of X[idx]``: from ``state`` alone where the metric can (``from_state``),
+        else from the layer (``X_of()``, called once)."""
+        make = self.from_state(state) if self.from_state is not None else None
+        if make is None:
+            return self.subsample_states(X_of(), prepare_params)
+
+        def state_of(idx):
+            with self._named_errors():
+                return make(idx)
+
+        return state_of
+
+    def null_grid(self, states_x: list, states_y: list, compare_params: dict) -> Callable[[np.ndarray], np.ndarray]:
+        """``perm -> [Lx, Ly]``: ``compare(states_x[i], state of Y_j[perm])`` for every layer pair.
+
+        The metric's own ``grid`` where it has one; else ``permute`` and ``compare`` per pair,
+        relabelling the side with fewer layers (a score does not depend on the order of the
+        samples, so relabelling X by the inverse permutation gives the same value)."""
+        if self.grid is not None:
+            with self._named_errors():
+                fast = self.grid(states_x, states_y, **compare_params)
+
+            def grid(perm):
+                with self._named_errors():
+                    return fast(perm)
+
+            return grid
+        if self.permute is None:
+            raise ValueError(f"metric {self.name!r} has no permute hook: its null cannot reuse prepared states")
+
+        def generic(perm):
+            out = np.empty((len(states_x), len(states_y)))
+            if len(states_x) < len(states_y):
+                inverse = np.empty_like(perm)
+                inverse[perm] = np.arange(len(perm))
+                xs = [self.permute(s, inverse) for s in states_x]
+                for i, x in enumerate(xs):
+                    for j, y in enumerate(states_y):
+                        out[i, j] = self.compare_pair(x, y, compare_params)
+            else:
+                for j, y in enumerate(states_y):
+                    y = self.permute(y, perm)
+                    for i, x in enumerate(states_x):
+                        out[i, j] = self.compare_pair(x, y, compare_params)
+            return out
+
+        return generic
 
     def compare_pair(self, state_x, state_y, compare_params: dict) -> float:
         with self._named_errors():
@@ -128,6 +182,8 @@ def register(
     permute: Callable[[Any, np.ndarray], Any] | None = None,
     subsampler: Callable[..., Callable[[np.ndarray], Any]] | None = None,
     state_refers_to_input: bool = True,
+    from_state: Callable[[Any], Callable[[np.ndarray], Any] | None] | None = None,
+    grid: Callable[..., Callable[[np.ndarray], np.ndarray]] | None = None,
 ):
     """Register ``compare`` under ``name``; returns the public ``fn(X, Y, **params) -> float``.
     ``state_refers_to_input=False`` promises that the state ``prepare`` returns holds no
@@ -152,6 +208,8 @@ def register(
             permute=permute,
             subsampler=subsampler,
             state_refers_to_input=state_refers_to_input,
+            from_state=from_state,
+            grid=grid,
             defaults=defaults,
             prepare_params=tuple(prepare_defaults),
             compare_params=tuple(compare_defaults),

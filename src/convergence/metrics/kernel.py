@@ -9,11 +9,11 @@ common offset whose cancellation ruins the reference's raw-Gram formula in float
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
+from . import _kernels
 from ._registry import check_choice, check_int, check_min_samples, check_not_constant, register
 
 KERNELS = ("ip", "linear", "rbf")
@@ -24,11 +24,66 @@ DTYPES = ("float64", "float32")
 class CentredKernel:
     gram: np.ndarray  # H K H (biased) or U(K) (unbiased)
     norm: float  # Frobenius norm of ``gram``
+    unbiased: bool = False
+    # Whether a subsample's kernel entries are those of the full kernel (false for an RBF
+    # whose width is taken from the median distance of the samples at hand).
+    entries_fixed: bool = True
 
 
 def permute_kernel(state: CentredKernel, perm: np.ndarray) -> CentredKernel:
     # Centring commutes with relabelling the samples, and the norm is unchanged.
-    return CentredKernel(state.gram[np.ix_(perm, perm)], state.norm)
+    return replace(state, gram=state.gram[np.ix_(perm, perm)])
+
+
+def kernel_from_state(state: CentredKernel):
+    """``from_state`` for CKA: the centred kernel of a subsample from the full one. Centring
+    the block again removes what the full centring added (H_m (HKH)[idx, idx] H_m =
+    H_m K[idx, idx] H_m, and U-centring removes any a_i + a_j the same way), so the result
+    is the subsample's own centred kernel. None where kernel entries depend on the sample
+    (an RBF width from the median distance)."""
+    if not state.entries_fixed:
+        return None
+    centre = u_centre if state.unbiased else double_centre
+
+    def state_of(idx: np.ndarray) -> CentredKernel:
+        gram = centre(state.gram[np.ix_(idx, idx)])
+        norm = np.sqrt(frobenius_dot(gram, gram))
+        if not norm > 0:
+            raise ValueError("the centred kernel of this subsample is zero: CKA would be 0/0")
+        return replace(state, gram=gram, norm=norm)
+
+    return state_of
+
+
+def gram_grid(states_x: list, states_y: list):
+    """``grid`` for CKA: every layer pair's score with Y's samples relabelled, as one matrix
+    product per permutation. CKA = <Gx, Gy> / (|Gx| |Gy|) for symmetric Grams: the upper
+    triangles (diagonal once, the rest twice) of each layer, packed into rows of a matrix,
+    scaled by 1 / norm. The side with fewer layers is relabelled (by the inverse permutation
+    when it is X: the score does not depend on the order of the samples), one cache-friendly
+    pass per layer; the other side is packed once."""
+    n = states_x[0].gram.shape[0]
+    size = n * (n + 1) // 2
+    relabel_x = len(states_x) < len(states_y)
+    fixed, moving = (states_y, states_x) if relabel_x else (states_x, states_y)
+    identity = np.arange(n, dtype=np.int64)
+    packed = np.empty((len(fixed), size))
+    for row, s in zip(packed, fixed):
+        _kernels.pack_symmetric(s.gram, identity, 1.0 / s.norm, 2.0 / s.norm, row)
+    moved = np.empty((len(moving), size))
+
+    def scores(perm: np.ndarray) -> np.ndarray:
+        perm = np.ascontiguousarray(perm, dtype=np.int64)
+        if relabel_x:
+            inverse = np.empty_like(perm)
+            inverse[perm] = identity
+            perm = inverse
+        for row, s in zip(moved, moving):
+            _kernels.pack_symmetric(s.gram, perm, 1.0 / s.norm, 1.0 / s.norm, row)
+        out = packed @ moved.T  # [fixed, moving]
+        return out.T.copy() if relabel_x else out
+
+    return scores
 
 
 def frobenius_dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,7 +174,7 @@ def centred_kernel(
     norm = np.sqrt(frobenius_dot(gram, gram))
     if not norm > 0:
         raise ValueError("the centred kernel is zero (constant representation?): CKA would be 0/0")
-    return CentredKernel(gram, norm)
+    return CentredKernel(gram, norm, unbiased, entries_fixed=rbf_threshold is None)
 
 
 def u_centred_kernel(
@@ -137,7 +192,10 @@ def kernel_alignment(a: CentredKernel, b: CentredKernel) -> float:
     return frobenius_dot(a.gram, b.gram) / (a.norm * b.norm)
 
 
-@register("cka", prepare=centred_kernel, permute=permute_kernel)
+_CKA = dict(permute=permute_kernel, from_state=kernel_from_state, grid=gram_grid)
+
+
+@register("cka", prepare=centred_kernel, **_CKA)
 def cka(a: CentredKernel, b: CentredKernel) -> float:
     """Centred kernel alignment (Kornblith et al. 2019) with the biased HSIC, as PRH.
 
@@ -153,7 +211,7 @@ def cka(a: CentredKernel, b: CentredKernel) -> float:
     return kernel_alignment(a, b)
 
 
-@register("unbiased_cka", prepare=u_centred_kernel, permute=permute_kernel)
+@register("unbiased_cka", prepare=u_centred_kernel, **_CKA)
 def unbiased_cka(a: CentredKernel, b: CentredKernel) -> float:
     """CKA with the unbiased HSIC (Song et al. 2012), computed by U-centring (stable, also in
     float32 on uncentred features, unlike the reference's raw-Gram formula).
@@ -219,6 +277,8 @@ def neighbour_kernel(X: np.ndarray, topk: int | None = None, unbiased: bool = Tr
     ranking = kernel.copy()
     if unbiased:
         np.fill_diagonal(ranking, -np.inf)
+    import torch  # here only: importing torch costs every pipeline job a second or more
+
     picked = torch.topk(torch.from_numpy(ranking), topk, dim=1).indices.numpy()
     mask = np.zeros((n, n), dtype=bool)
     np.put_along_axis(mask, picked, True, axis=1)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from . import _kernels
 from ._scratch import scratch
@@ -306,6 +305,8 @@ def _float32_at_most(values: np.ndarray) -> np.ndarray:
 
 def _knn_float64_topk(X: np.ndarray, topk: int, block_bytes: int, rows=None) -> np.ndarray:
     """float64 products and torch.topk (only for non-finite or overflowing inputs)."""
+    import torch  # here only: importing torch costs every pipeline job a second or more
+
     n = X.shape[0]
     rows = np.arange(n) if rows is None else np.asarray(rows)
     block = max(1, min(len(rows), block_bytes // (8 * n)))
@@ -428,12 +429,35 @@ def edit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return prev[:, k]
 
 
+def _set_grid(jaccard: bool):
+    """``grid`` of the set metrics (mutual, Jaccard): every layer pair's score with Y's
+    samples relabelled, by one compiled pass over the rows (``_kernels.shared_count_grid``)
+    instead of a relabelled state and a comparison per layer pair."""
+
+    def grid(states_x: list, states_y: list):
+        nx = np.ascontiguousarray(np.stack(states_x, axis=1), dtype=np.int64)  # [N, Lx, k]
+        ny = np.ascontiguousarray(np.stack(states_y, axis=1), dtype=np.int64)
+        n, _, k = nx.shape
+        if ny.shape[0] != n or ny.shape[2] != k:
+            raise ValueError(f"neighbour sets of different shapes: {nx.shape} and {ny.shape}")
+        scale = 1.0 / n if jaccard else 1.0 / (n * k)
+
+        def scores(perm: np.ndarray) -> np.ndarray:
+            out = np.zeros((nx.shape[1], ny.shape[1]))
+            _kernels.shared_count_grid(nx, ny, np.ascontiguousarray(perm, dtype=np.int64), jaccard, out)
+            return out * scale
+
+        return scores
+
+    return grid
+
+
 _KNN = dict(prepare=neighbours, per_sample=True, permute=permute_neighbours, subsampler=knn_subsampler,
             state_refers_to_input=False)
 _KNN_SETS = {**_KNN, "prepare": neighbour_sets}
 
 
-@register("mutual_knn", **_KNN_SETS)
+@register("mutual_knn", **_KNN_SETS, grid=_set_grid(jaccard=False))
 def mutual_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """Mean over samples of |kNN_X(i) ∩ kNN_Y(i)| / topk, as PRH.
 
@@ -442,7 +466,7 @@ def mutual_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     return shared_counts(nn_x, nn_y) / nn_x.shape[1]
 
 
-@register("jaccard_knn", **_KNN_SETS)
+@register("jaccard_knn", **_KNN_SETS, grid=_set_grid(jaccard=True))
 def jaccard_knn(nn_x: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """Mean over samples of the Jaccard index |kNN_X(i) ∩ kNN_Y(i)| / |kNN_X(i) ∪ kNN_Y(i)|.
 

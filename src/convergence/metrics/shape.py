@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import rankdata
 
 from ._registry import check_choice, check_min_samples, permute_rows, register
 
@@ -65,6 +64,8 @@ def ranked_rdm(X: np.ndarray, rdm: str = "correlation") -> RankedRDM:
     n = X.shape[0]
     upper = np.triu(np.ones((n, n), dtype=bool), k=1)
     values = dissimilarities(X, rdm)[upper]
+    from scipy.stats import rankdata  # here only: scipy.stats takes a second to import in every job
+
     ranks = rankdata(values)  # average ranks for ties, as Spearman's rho
     spread = ranks.std()
     if not spread > 0:

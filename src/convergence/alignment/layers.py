@@ -1,10 +1,9 @@
-"""Alignment of two models over every layer pair, and its uncertainty for one pair.
+"""Every layer of two models, preprocessed and prepared once: the scores of all layer pairs and
+the states that every statistic reads.
 
-    Z = layer_scores(A, B, "mutual_knn", topk=10)    # A [N, La, D], B [N, Lb, D'] -> [La, Lb]
-    i, j, best = best_pair(Z)                        # max over layer pairs, as PRH
-    X, Y = preprocess(A)[:, i], preprocess(B)[:, j]
-    bootstrap_ci(X, Y, "mutual_knn", topk=10)         # (score, low, high)
-    permutation_pvalue(X, Y, "mutual_knn", topk=10)   # (score, p_value, null)
+    Z = layer_scores(A, B, "mutual_knn", topk=10)          # A [N, La, D], B [N, Lb, D'] -> [La, Lb]
+    pair = prepare_pair(A, B, "mutual_knn", topk=10)       # the same, keeping every layer's state
+    pair.matrix, pair.null_grid(perm), pair.subsampler("a", i)
 
 ``layer_scores`` equals looping ``metrics.score`` over the preprocessed layers, but runs the
 metric's per-representation half (kNN indices, centred Gram, SVD basis) once per layer.
@@ -16,17 +15,19 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import metrics
-from .metrics import _kernels, knn
-from .metrics._registry import as_matrix, check_pair, real_matrix, to_numpy
-from .metrics._scratch import reuse_buffers_in_this_thread, scratch
+from convergence import metrics
+from convergence.metrics import _kernels, knn
+from convergence.metrics._registry import Metric, real_matrix, to_numpy
+from convergence.metrics._scratch import reuse_buffers_in_this_thread, scratch
 
-CLIP_METHODS = ("global", "per_sample_mean")
+# PRH's two outlier thresholds (platonic-rep metrics.remove_outliers): the per-sample quantile
+# averaged over samples (exact=False, what its measure_alignment CLI runs by default) and the
+# order statistic over all values (exact=True, its --precise flag).
+CLIP_METHODS = ("per_sample_mean", "global")
 
 
 # ---- preprocessing (explicit, so callers can record it) ---------------------------------
@@ -41,7 +42,7 @@ def _as_stack(A, label: str) -> np.ndarray:
     return A
 
 
-def clip_threshold(A, q: float, method: str = "global") -> float:
+def clip_threshold(A, q: float, method: str = "per_sample_mean") -> float:
     """PRH's ``remove_outliers`` threshold over all layers of one model ``[N, L, D]``.
 
     ``'global'``: the element at index int(q * size) of the sorted |A| (PRH ``exact=True``,
@@ -83,7 +84,7 @@ def preprocess_layer(layer, normalize: bool = True, threshold: float | None = No
 
 
 def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
-               clip_method: str = "global") -> np.ndarray:
+               clip_method: str = "per_sample_mean") -> np.ndarray:
     """PRH preprocessing of one model's features ``[N, L, D]`` -> float64 ``[N, L, D]``:
     optional outlier clamp at the ``clip_quantile`` of |A| over all its layers
     (``clip_threshold``), then (``normalize``) each layer's rows L2-normalised."""
@@ -96,8 +97,94 @@ def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
 # ---- all layer pairs -----------------------------------------------------------------------
 
 
+class PreparedPair:
+    """Two models' layers prepared once for one metric: ``matrix`` [La, Lb] holds every layer
+    pair's score, ``states_a`` / ``states_b`` each layer's prepared state (kNN indices, a
+    centred Gram, ...), which the statistics read instead of preparing the layers again."""
+
+    def __init__(self, spec: Metric, prepare_params: dict, compare_params: dict, A: np.ndarray,
+                 B: np.ndarray, normalize: bool, thresholds: tuple, states_a: list, states_b: list,
+                 matrix: np.ndarray):
+        self.spec, self.prepare_params, self.compare_params = spec, prepare_params, compare_params
+        self.stacks = {"a": A, "b": B}
+        self.normalize, self.thresholds = normalize, dict(zip("ab", thresholds))
+        self.states = {"a": states_a, "b": states_b}
+        self.matrix = matrix
+        self._grid = None
+        self._subsamplers = {}
+
+    @property
+    def metric(self) -> str:
+        return self.spec.name
+
+    @property
+    def n(self) -> int:
+        return self.stacks["a"].shape[0]
+
+    def layer(self, side: str, k: int) -> np.ndarray:
+        """Layer ``k`` of model ``side`` ('a' or 'b') preprocessed as for the scores, float64
+        [N, D] (computed again from the stored activations: one O(N D) pass)."""
+        return preprocess_layer(self.stacks[side][:, k], self.normalize, self.thresholds[side],
+                                f"{side.upper()} layer {k}")
+
+    def subsampler(self, side: str, k: int):
+        """``idx -> state of the layer's rows idx``: from the prepared state where the metric
+        can (a centred Gram's block), else from the preprocessed layer (made once per layer)."""
+        if (side, k) not in self._subsamplers:
+            self._subsamplers[side, k] = self.spec.state_subsampler(
+                self.states[side][k], lambda: self.layer(side, k), self.prepare_params)
+        return self._subsamplers[side, k]
+
+    def null_grid(self, perm: np.ndarray) -> np.ndarray:
+        """[La, Lb] scores of every layer pair with B's samples relabelled by ``perm`` (the
+        identity gives the observed scores, computed the same way)."""
+        if self._grid is None:
+            self._grid = self.spec.null_grid(self.states["a"], self.states["b"], self.compare_params)
+        return self._grid(perm)
+
+
+def _prepare_layers(A, B, metric: str, normalize: bool, clip_quantile: float | None, clip_method: str,
+                    workers: int | None, keep: bool, params: dict) -> PreparedPair:
+    spec = metrics.get(metric)
+    prepare_params, compare_params = spec.split_params(params)
+    A, B = _as_stack(A, "A"), _as_stack(B, "B")
+    if A.shape[0] != B.shape[0]:
+        raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
+    workers = layer_workers(metric, A.shape[0], max(A.shape[2], B.shape[2]), A.shape[1] + B.shape[1], workers)
+    thresholds = tuple(None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
+                       for stack in (A, B))
+
+    def state(stack, i, threshold, label):
+        # Preprocessed into a reused buffer when the metric's state keeps no reference to it.
+        out = None if spec.state_refers_to_input else scratch("layer", stack[:, i].shape, np.float64)
+        layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}", out=out)
+        return spec.prepare_one(layer, prepare_params)
+
+    def row(i):
+        state_a = state(A, i, thresholds[0], "A")
+        scores = [spec.compare_pair(state_a, b.result(), compare_params) for b in states_b]
+        return scores, (state_a if keep else None)
+
+    # The cores shared out among the workers' BLAS calls (one each when there are as many
+    # workers as cores): more would oversubscribe them.
+    limits = (threadpool_limits(max(1, available_cpus() // workers), user_api="blas") if workers > 1
+              else contextlib.nullcontext())
+    with limits, ThreadPoolExecutor(workers, thread_name_prefix="layer",
+                                    initializer=reuse_buffers_in_this_thread) as pool:
+        try:
+            # B's jobs are queued first, so they all start before any of A's waits on them.
+            states_b = [pool.submit(state, B, j, thresholds[1], "B") for j in range(B.shape[1])]
+            rows = [r.result() for r in [pool.submit(row, i) for i in range(A.shape[1])]]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    matrix = np.array([scores for scores, _ in rows], dtype=np.float64)
+    return PreparedPair(spec, prepare_params, compare_params, A, B, normalize, thresholds,
+                        [s for _, s in rows] if keep else [], [b.result() for b in states_b], matrix)
+
+
 def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float | None = None,
-                 clip_method: str = "global", workers: int | None = None, **params) -> np.ndarray:
+                 clip_method: str = "per_sample_mean", workers: int | None = None, **params) -> np.ndarray:
     """``[La, Lb]`` scores of ``metric`` between every layer of A ``[N, La, Da]`` and of
     B ``[N, Lb, Db]`` after ``preprocess``. Holds the prepared states of B's layers and one
     of A's per worker (for kNN metrics: ``[N, topk]`` indices, so N = 50,000 fits).
@@ -110,39 +197,15 @@ def layer_scores(A, B, metric: str, normalize: bool = True, clip_quantile: float
     rounding of multi-threaded BLAS (none for the kNN metrics; PWCCA, whose weights hinge on
     nearly equal canonical correlations, can amplify it to ~1e-4).
     """
-    spec = metrics.get(metric)
-    prepare_params, compare_params = spec.split_params(params)
-    A, B = _as_stack(A, "A"), _as_stack(B, "B")
-    if A.shape[0] != B.shape[0]:
-        raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
-    workers = layer_workers(metric, A.shape[0], max(A.shape[2], B.shape[2]), A.shape[1] + B.shape[1], workers)
-    thresholds = [None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
-                  for stack in (A, B)]
+    return _prepare_layers(A, B, metric, normalize, clip_quantile, clip_method, workers, False, params).matrix
 
-    def state(stack, i, threshold, label):
-        # Preprocessed into a reused buffer when the metric's state keeps no reference to it.
-        out = None if spec.state_refers_to_input else scratch("layer", stack[:, i].shape, np.float64)
-        layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}", out=out)
-        return spec.prepare_one(layer, prepare_params)
 
-    def row(i):
-        state_a = state(A, i, thresholds[0], "A")
-        return [spec.compare_pair(state_a, b.result(), compare_params) for b in states_b]
-
-    # The cores shared out among the workers' BLAS calls (one each when there are as many
-    # workers as cores): more would oversubscribe them.
-    limits = (threadpool_limits(max(1, available_cpus() // workers), user_api="blas") if workers > 1
-              else contextlib.nullcontext())
-    with limits, ThreadPoolExecutor(workers, thread_name_prefix="layer",
-                                    initializer=reuse_buffers_in_this_thread) as pool:
-        try:
-            # B's jobs are queued first, so they all start before any of A's waits on them.
-            states_b = [pool.submit(state, B, j, thresholds[1], "B") for j in range(B.shape[1])]
-            rows = [pool.submit(row, i) for i in range(A.shape[1])]
-            return np.array([r.result() for r in rows], dtype=np.float64)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+def prepare_pair(A, B, metric: str, normalize: bool = True, clip_quantile: float | None = None,
+                 clip_method: str = "per_sample_mean", workers: int | None = None, **params) -> PreparedPair:
+    """``layer_scores``, keeping every layer's prepared state of both models (for the
+    statistics: calibration, bootstrap, N-sweep). Memory: all layers' states at once (for
+    CKA an N x N Gram per layer; for kNN metrics [N, topk] indices)."""
+    return _prepare_layers(A, B, metric, normalize, clip_quantile, clip_method, workers, True, params)
 
 
 # Memory the layer workers may take together by default (each holds its layer in float64,
@@ -175,103 +238,20 @@ def _default_workers(spec, n: int, d: int, cpus: int) -> int:
     return int(max(1, min(cpus, WORKER_MEMORY // per_worker)))
 
 
+# Scores this close to the maximum (relative) are the same score: a mean of the same shared-neighbour
+# counts summed in another order differs in its last bits, which must not pick the layer pair.
+TIE_TOLERANCE = 1e-12
+
+
 def best_pair(matrix) -> tuple[int, int, float]:
-    """(layer_a, layer_b, score) of the maximum; the first in row-major order on ties
-    (PRH's loop order)."""
+    """(layer_a, layer_b, score) of the maximum; the first in row-major order on ties (PRH's loop
+    order), scores within TIE_TOLERANCE (relative) of the maximum counting as tied."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.size == 0:
         raise ValueError(f"expected a non-empty 2-D score matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError("score matrix has non-finite values")
-    i, j = np.unravel_index(int(np.argmax(matrix)), matrix.shape)
+    top = matrix.max()
+    first = int(np.flatnonzero(matrix.ravel() >= top - TIE_TOLERANCE * max(1.0, abs(top)))[0])
+    i, j = np.unravel_index(first, matrix.shape)
     return int(i), int(j), float(matrix[i, j])
-
-
-# ---- uncertainty for one layer pair ---------------------------------------------------------
-
-
-class Interval(NamedTuple):
-    score: float  # on all samples
-    low: float
-    high: float
-
-
-class PermutationTest(NamedTuple):
-    score: float
-    p_value: float
-    null: np.ndarray  # scores under shuffled correspondence
-
-
-def _setup(X, Y, metric: str, params: dict):
-    spec = metrics.get(metric)
-    prepare_params, compare_params = spec.split_params(params)
-    X, Y = as_matrix(X, "X"), as_matrix(Y, "Y")
-    check_pair(X, Y)
-    return spec, prepare_params, compare_params, X, Y
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def bootstrap_ci(X, Y, metric: str, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
-                 **params) -> Interval:
-    """Interval for one layer pair's score from resampling samples (X, Y as given: pass
-    preprocessed layers, e.g. ``preprocess(A)[:, i]``). Seeded and deterministic.
-
-    Rows are drawn *without* replacement, as half-samples (m = N // 2; half-sample
-    replication) rather than with replacement: a duplicated row is its own nearest
-    neighbour in both representations and lowers the number of distinct samples, which
-    pushes kNN, CKA, CCA and Procrustes scores up, so with-replacement percentile intervals
-    can miss the score altogether (see tests/test_alignment.py). For a half-sample the
-    variance around the full-sample value is sigma^2 (1/m - 1/N) = sigma^2 / N, the
-    sampling variance at N; its mean, though, is the metric at N/2 (kNN and CCA levels
-    depend on N). So the interval is the score plus the quantiles of the replicates
-    centred on their own mean, scaled by sqrt(m / (N - m)) (exactly 1 for even N).
-    kNN metrics take each half-sample's neighbours from the full-data ranking (no new
-    N x N product); other metrics recompute their per-representation state.
-    """
-    spec, prepare_params, compare_params, X, Y = _setup(X, Y, metric, params)
-    n_boot = _check_count("n_boot", n_boot)
-    if not (np.isscalar(ci) and 0 < ci < 1):
-        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
-    n = X.shape[0]
-    m = n // 2
-    if m < 2:
-        raise ValueError(f"bootstrap_ci needs N >= 4 samples for half-samples, got N={n}")
-    observed = spec.compare_pair(spec.prepare_one(X, prepare_params),
-                                 spec.prepare_one(Y, prepare_params), compare_params)
-    state_x = spec.subsample_states(X, prepare_params)
-    state_y = spec.subsample_states(Y, prepare_params)
-    rng = np.random.default_rng(seed)
-    replicates = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = np.sort(rng.permutation(n)[:m])
-        replicates[b] = spec.compare_pair(state_x(idx), state_y(idx), compare_params)
-    deviations = (replicates - replicates.mean()) * np.sqrt(m / (n - m))
-    low, high = observed + np.quantile(deviations, [(1 - ci) / 2, (1 + ci) / 2])
-    return Interval(observed, float(low), float(high))
-
-
-def permutation_pvalue(X, Y, metric: str, n_perm: int = 1000, seed: int = 0,
-                       **params) -> PermutationTest:
-    """One-sided permutation test of "X and Y are aligned beyond chance": the rows of Y are
-    shuffled (correspondence broken) ``n_perm`` times; p = (1 + #{null >= observed}) /
-    (1 + n_perm). The prepared state of Y is permuted rather than recomputed where the metric
-    allows (kNN indices relabelled, Gram matrices re-indexed). Seeded and deterministic."""
-    spec, prepare_params, compare_params, X, Y = _setup(X, Y, metric, params)
-    n_perm = _check_count("n_perm", n_perm)
-    rng = np.random.default_rng(seed)
-    state_x = spec.prepare_one(X, prepare_params)
-    state_y = spec.prepare_one(Y, prepare_params)
-    observed = spec.compare_pair(state_x, state_y, compare_params)
-    null = np.empty(n_perm)
-    for b in range(n_perm):
-        perm = rng.permutation(X.shape[0])
-        shuffled = (spec.permute(state_y, perm) if spec.permute is not None
-                    else spec.prepare_one(Y[perm], prepare_params))
-        null[b] = spec.compare_pair(state_x, shuffled, compare_params)
-    p_value = (1 + int((null >= observed).sum())) / (1 + n_perm)
-    return PermutationTest(observed, p_value, null)

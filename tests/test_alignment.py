@@ -103,6 +103,33 @@ def test_layer_scores_equal_the_per_pair_loop(name):
     np.testing.assert_allclose(got, loop, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["mutual_knn", "cka", "svcca", "rsa"])
+@pytest.mark.parametrize("clip_method", ["per_sample_mean", "global"])
+def test_layers_of_different_widths_equal_the_loop_and_ignore_padding(name, clip_method):
+    """CNN stages have different widths: layers given as a list are scored on their own columns, with
+    the clipping threshold over exactly their values (hand computation), never over zero padding."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((50, 4))
+    widths = [5, 9, 6]
+    layers = [(z @ rng.standard_normal((4, w)) + rng.standard_normal((50, w))).astype(np.float32) for w in widths]
+    layers[1][0, 0] = 30.0
+    _, B = model_pair(n=50)
+    params = SMALL_PARAMS.get(name, {})
+    got = layer_scores(layers, B, name, clip_quantile=0.9, clip_method=clip_method, **params)
+    values = np.abs(np.concatenate(layers, axis=1)).astype(np.float64)
+    threshold = (np.quantile(values, 0.9, axis=1).mean() if clip_method == "per_sample_mean"
+                 else np.sort(values.ravel())[int(0.9 * values.size)])
+    assert clip_threshold(layers, 0.9, clip_method) == pytest.approx(threshold, rel=1e-12)
+    pb = preprocess(B, clip_quantile=0.9, clip_method=clip_method)
+    loop = np.array([[metrics.score(name, preprocess_layer(x, True, threshold), pb[:, j], **params)
+                      for j in range(B.shape[1])] for x in layers])
+    np.testing.assert_allclose(got, loop, rtol=0, atol=1e-10)
+    padded = np.zeros((50, 3, 9), np.float32)
+    for k, x in enumerate(layers):
+        padded[:, k, : x.shape[1]] = x
+    assert clip_threshold(padded, 0.9, clip_method) != pytest.approx(threshold)  # padding would move it
+
+
 @pytest.mark.parametrize("name", ["mutual_knn", "cka"])
 def test_layer_scores_preprocessing_options_match_the_loop(name):
     A, B = model_pair(seed=1)

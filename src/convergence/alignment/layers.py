@@ -2,6 +2,7 @@
 the states that every statistic reads.
 
     Z = layer_scores(A, B, "mutual_knn", topk=10)          # A [N, La, D], B [N, Lb, D'] -> [La, Lb]
+                                                           # (or lists of [N, D_l] layers of any widths)
     pair = prepare_pair(A, B, "mutual_knn", topk=10)       # the same, keeping every layer's state
     pair.matrix, pair.null_grid(perm), pair.subsampler("a", i)
 
@@ -33,17 +34,58 @@ CLIP_METHODS = ("per_sample_mean", "global")
 # ---- preprocessing (explicit, so callers can record it) ---------------------------------
 
 
-def _as_stack(A, label: str) -> np.ndarray:
+class LayerStack:
+    """One model's layers over the same N samples: a ``[N, L, D]`` array, or a sequence of ``L``
+    arrays ``[N, D_l]`` whose widths differ (CNN stages, the pixel baseline's scales). ``stack[i]``
+    is layer ``i`` ``[N, D_i]`` (a view where it can be)."""
+
+    def __init__(self, layers: list[np.ndarray]):
+        self.layers = layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.layers[i]
+
+    @property
+    def n(self) -> int:
+        return self.layers[0].shape[0]
+
+    @property
+    def widths(self) -> list[int]:
+        return [x.shape[1] for x in self.layers]
+
+    def magnitudes(self) -> np.ndarray:
+        """|values| of every layer side by side, ``[N, sum of widths]`` (each sample's row)."""
+        return np.concatenate([np.abs(x) for x in self.layers], axis=1)
+
+
+def _as_stack(A, label: str) -> LayerStack:
+    """A ``[N, L, D]`` array or a list of ``[N, D_l]`` layers -> ``LayerStack`` (validated)."""
+    if isinstance(A, LayerStack):
+        return A
+    if isinstance(A, (list, tuple)):
+        if not A:
+            raise ValueError(f"{label} has no layers")
+        layers = [to_numpy(x) for x in A]
+        for i, x in enumerate(layers):
+            if x.ndim != 2 or 0 in x.shape:
+                raise ValueError(f"{label} layer {i} must be a non-empty 2-D [N, D] array, got shape {x.shape}")
+        if len({x.shape[0] for x in layers}) != 1:
+            raise ValueError(f"{label}'s layers have different numbers of samples: {[x.shape[0] for x in layers]}")
+        return LayerStack(layers)
     A = to_numpy(A)
     if A.ndim != 3:
-        raise ValueError(f"{label} must be 3-D [N, layers, D], got shape {A.shape}")
+        raise ValueError(f"{label} must be 3-D [N, layers, D] (or a list of [N, D] layers), got shape {A.shape}")
     if 0 in A.shape:
         raise ValueError(f"{label} is empty (shape {A.shape})")
-    return A
+    return LayerStack([A[:, i] for i in range(A.shape[1])])
 
 
 def clip_threshold(A, q: float, method: str = "per_sample_mean") -> float:
-    """PRH's ``remove_outliers`` threshold over all layers of one model ``[N, L, D]``.
+    """PRH's ``remove_outliers`` threshold over all layers of one model ``[N, L, D]`` (or a list
+    of layers of different widths: each sample's values are those of all its layers).
 
     ``'global'``: the element at index int(q * size) of the sorted |A| (PRH ``exact=True``,
     its ``--precise`` mode); ``'per_sample_mean'``: the q-quantile of |A| within each sample
@@ -54,11 +96,11 @@ def clip_threshold(A, q: float, method: str = "per_sample_mean") -> float:
         raise ValueError(f"clip_quantile must be in (0, 1], got {q!r}")
     if method not in CLIP_METHODS:
         raise ValueError(f"clip_method={method!r} must be one of {CLIP_METHODS}")
-    magnitudes = np.abs(A)
+    magnitudes = A.magnitudes()
     if not np.isfinite(magnitudes).all():
         raise ValueError("A has non-finite values (NaN or inf)")
     if method == "per_sample_mean":
-        per_sample = np.quantile(magnitudes.reshape(A.shape[0], -1).astype(np.float64), q, axis=1)
+        per_sample = np.quantile(magnitudes.astype(np.float64), q, axis=1)
         return float(per_sample.mean())
     flat = magnitudes.ravel()
     k = min(int(q * flat.size), flat.size - 1)
@@ -87,11 +129,13 @@ def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
                clip_method: str = "per_sample_mean") -> np.ndarray:
     """PRH preprocessing of one model's features ``[N, L, D]`` -> float64 ``[N, L, D]``:
     optional outlier clamp at the ``clip_quantile`` of |A| over all its layers
-    (``clip_threshold``), then (``normalize``) each layer's rows L2-normalised."""
+    (``clip_threshold``), then (``normalize``) each layer's rows L2-normalised. Layers of
+    different widths (a list) come back as a list."""
+    ragged = isinstance(A, (list, tuple, LayerStack))
     A = _as_stack(A, "A")
     threshold = None if clip_quantile is None else clip_threshold(A, clip_quantile, clip_method)
-    layers = [preprocess_layer(A[:, i], normalize, threshold, f"A layer {i}") for i in range(A.shape[1])]
-    return np.stack(layers, axis=1)
+    layers = [preprocess_layer(A[i], normalize, threshold, f"A layer {i}") for i in range(len(A))]
+    return layers if ragged else np.stack(layers, axis=1)
 
 
 # ---- all layer pairs -----------------------------------------------------------------------
@@ -119,12 +163,12 @@ class PreparedPair:
 
     @property
     def n(self) -> int:
-        return self.stacks["a"].shape[0]
+        return self.stacks["a"].n
 
     def layer(self, side: str, k: int) -> np.ndarray:
         """Layer ``k`` of model ``side`` ('a' or 'b') preprocessed as for the scores, float64
         [N, D] (computed again from the stored activations: one O(N D) pass)."""
-        return preprocess_layer(self.stacks[side][:, k], self.normalize, self.thresholds[side],
+        return preprocess_layer(self.stacks[side][k], self.normalize, self.thresholds[side],
                                 f"{side.upper()} layer {k}")
 
     def subsampler(self, side: str, k: int):
@@ -148,16 +192,16 @@ def _prepare_layers(A, B, metric: str, normalize: bool, clip_quantile: float | N
     spec = metrics.get(metric)
     prepare_params, compare_params = spec.split_params(params)
     A, B = _as_stack(A, "A"), _as_stack(B, "B")
-    if A.shape[0] != B.shape[0]:
-        raise ValueError(f"A and B must have the same samples: N={A.shape[0]} != {B.shape[0]}")
-    workers = layer_workers(metric, A.shape[0], max(A.shape[2], B.shape[2]), A.shape[1] + B.shape[1], workers)
+    if A.n != B.n:
+        raise ValueError(f"A and B must have the same samples: N={A.n} != {B.n}")
+    workers = layer_workers(metric, A.n, max(A.widths + B.widths), len(A) + len(B), workers)
     thresholds = tuple(None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
                        for stack in (A, B))
 
     def state(stack, i, threshold, label):
         # Preprocessed into a reused buffer when the metric's state keeps no reference to it.
-        out = None if spec.state_refers_to_input else scratch("layer", stack[:, i].shape, np.float64)
-        layer = preprocess_layer(stack[:, i], normalize, threshold, f"{label} layer {i}", out=out)
+        out = None if spec.state_refers_to_input else scratch("layer", stack[i].shape, np.float64)
+        layer = preprocess_layer(stack[i], normalize, threshold, f"{label} layer {i}", out=out)
         return spec.prepare_one(layer, prepare_params)
 
     def row(i):
@@ -173,8 +217,8 @@ def _prepare_layers(A, B, metric: str, normalize: bool, clip_quantile: float | N
                                     initializer=reuse_buffers_in_this_thread) as pool:
         try:
             # B's jobs are queued first, so they all start before any of A's waits on them.
-            states_b = [pool.submit(state, B, j, thresholds[1], "B") for j in range(B.shape[1])]
-            rows = [r.result() for r in [pool.submit(row, i) for i in range(A.shape[1])]]
+            states_b = [pool.submit(state, B, j, thresholds[1], "B") for j in range(len(B))]
+            rows = [r.result() for r in [pool.submit(row, i) for i in range(len(A))]]
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise

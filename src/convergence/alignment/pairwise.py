@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from convergence import metrics
 from convergence.alignment import calibration, nsweep, stats
 from convergence.alignment.layers import best_pair, prepare_pair
-from convergence.store import StoreError, check_same_samples, open_activations, read_values
+from convergence.store import StoreError, check_same_samples, layer_widths, open_activations, read_values
 from convergence.utils import atomic_path
 
 META_KEY = b"convergence"
@@ -95,15 +95,20 @@ def entry_n_perm(entry: dict | None, default: int) -> int:
 
 
 def load_layers(path: str | Path):
-    """(dataset, activations [N, L, D], hidden-state indices kept, indices excluded as constant).
+    """(dataset, layers: a list of [N, D_l] float32 arrays, hidden-state indices kept, indices excluded
+    as constant).
 
-    A layer that is identical for every sample (e.g. a ViT's CLS token at the embedding output) has no
-    kernel structure: every similarity ties. It is masked out, reported in the result, never scored."""
+    Each layer holds its own width only (a store pads layers of different widths, e.g. CNN stages, to
+    the widest; `convergence.store.layer_widths`): padding would change clipping thresholds and
+    CCA-type metrics. A layer that is identical for every sample (e.g. a ViT's CLS token at the
+    embedding output) has no kernel structure: every similarity ties. It is masked out, reported in the
+    result, never scored."""
     ds = open_activations(path)
     acts = read_values(ds, path).astype(np.float32, copy=False)
     if not np.isfinite(acts).all():
         raise StoreError(f"{path} holds NaN/inf activations; delete it and re-extract (try dtype: float32)")
     layers = ds["layer"].values.tolist()
+    widths = layer_widths(ds)
     constant = [k for k in range(acts.shape[1]) if np.all(acts[:, k] == acts[:1, k])]
     if len(constant) == len(layers):
         raise ValueError(f"{path}: every layer is constant across samples; nothing to align "
@@ -112,7 +117,7 @@ def load_layers(path: str | Path):
         print(f"{path}: layers {[layers[k] for k in constant]} are constant across samples and are excluded",
               flush=True)
     keep = [k for k in range(acts.shape[1]) if k not in constant]
-    return ds, acts[:, keep], [layers[k] for k in keep], [layers[k] for k in constant]
+    return ds, [acts[:, k, : widths[k]] for k in keep], [layers[k] for k in keep], [layers[k] for k in constant]
 
 
 def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, normalize: bool = True,
@@ -135,7 +140,7 @@ def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, nor
     ds_b, B, layers_b, excluded_b = load_layers(path_b)
     name_a, name_b = ds_a.attrs["model"], ds_b.attrs["model"]
     check_same_samples(ds_a, ds_b, (str(path_a), str(path_b)))
-    n = A.shape[0]
+    n = A[0].shape[0]
     halves = stats.half_samples(n, n_boot, seed)
     perms = calibration.permutations(n, n_perm, seed)
     pair = prepare_pair(A, B, metric, normalize=normalize, clip_quantile=clip_quantile, clip_method=clip_method,

@@ -13,14 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from convergence.alignment.pairwise import matrix_of, read_pair  # noqa: E402
-from convergence.utils import atomic_path  # noqa: E402
-
-
-def _save(fig, path) -> None:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
+from convergence.utils import save_figure  # noqa: E402
 
 
 def _label(model: str, info: pd.DataFrame) -> str:
@@ -74,7 +67,7 @@ def model_heatmaps(table: pd.DataFrame, info: pd.DataFrame, path, title: str) ->
     fig.colorbar(im, ax=axes[1], fraction=0.046, label=f"calibrated score (p floor {floor:.3g})")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def layer_grid(pair_files, info: pd.DataFrame, path, title: str) -> None:
@@ -98,7 +91,7 @@ def layer_grid(pair_files, info: pd.DataFrame, path, title: str) -> None:
         ax.axis("off")
     fig.suptitle(f"{title}: every layer pair (+ = best), colour range {vmin:.2f}..{vmax:.2f}", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _pair_score(table: pd.DataFrame, a: str, b: str):
@@ -164,7 +157,7 @@ def scale_figure(table: pd.DataFrame, info: pd.DataFrame, path, title: str, refe
         axes[1, 1].legend(fontsize=6)
     fig.suptitle(f"{title} (hollow = random-init control; bars = 95% CI)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 VERDICT_COLOURS = {"supported": "C2", "reversed": "C3", "inconclusive": "0.45"}
@@ -219,7 +212,7 @@ def claims_forest(claims: pd.DataFrame, path, title: str, alpha: float) -> None:
     fig.suptitle(f"{title}: claims (green supported, red reversed, grey inconclusive at BH q < {alpha:g})",
                  fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 KIND_COLOURS = {"language-language": "C0", "vision-vision": "C1", "language-vision": "C2"}
@@ -256,4 +249,4 @@ def sweep_figure(sweep: pd.DataFrame, info: pd.DataFrame, path, title: str, metr
         ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=6)
     fig.suptitle(f"{title}: N-sweep", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -473,7 +473,8 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
                   window: int = 256, chunk_rows: int | None = None) -> Path:
     """Un-pooled activations of one model on one dataset -> units store at `out_path` (see the module doc).
 
-    `layers`: hidden-state indices or "all" (default: the spec's `units_layers`, else "all").
+    `layers`: hidden-state indices or "all" (default: the spec's `units_layers`, else "all"; for MLP units
+    "all" means every block, 1..L).
     `grid`: cells per side for vision models (default: the spec's `units_grid`, else 8).
     `store_dtype`: "float16" | "float32" (default: the spec's `units_store_dtype`, else float16).
     `window`: samples held in memory at once; `chunk_rows`: positions per Zarr chunk (default ~16 MiB).
@@ -492,8 +493,10 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
         raise UnitsError(f"{samples_path}: {modality} model '{model_name}' needs one {column} per sample; "
                          f"choose datasets with {column}s for it")
     lm = load_model(spec, resources_dir, zoo_dir=zoo_dir)
-    layers = resolve_layers(spec.get("units_layers", "all") if layers is None else layers, lm.n_hidden_states,
-                            where=f"models.{model_name}.units_layers")
+    requested = spec.get("units_layers", "all") if layers is None else layers
+    if units == "mlp" and requested == "all":  # every block's MLP: the embedding output has none
+        requested = "blocks"
+    layers = resolve_layers(requested, lm.n_hidden_states, where=f"models.{model_name}.units_layers")
     ids = df["sample_id"].tolist()
     if modality == "language":
         inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)), units=units)

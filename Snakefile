@@ -29,5 +29,6 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        study_targets(),  # activations, alignment, Rosetta neurons, OOCR
+        study_targets(),  # activations, alignment, Rosetta neurons, OOCR, the generator
+        f"{RESULTS}/summary.md",  # what the run finds, in numbers
         f"{RESULTS}/run_info/config.yaml",  # the run's config and versions, for the report

@@ -285,3 +285,28 @@ def study_targets():
         + oocr_targets()
         + generator_targets()
     )
+
+
+def summary_inputs():
+    """The stage tables results/summary.md reads, by the summary's argument names."""
+    gens = generator_names(config)
+    return {
+        "alignment_tables": [
+            t
+            for t in alignment_targets()
+            if t.endswith(".csv") and not t.endswith(("_claims.csv", "_nsweep.csv"))
+        ],
+        "alignment_claims": [
+            t for t in alignment_targets() if t.endswith("_claims.csv")
+        ],
+        "rosetta_excess": [
+            t for t in rosetta_targets() if t.endswith("_null_excess.csv")
+        ],
+        "generator_edits": [
+            t for t in generator_targets() if t.endswith("edit_summary.csv")
+        ],
+        "generator_matches": [
+            t for t in generator_targets() if t.endswith("matches.csv")
+        ],
+        "oocr_summary": [t for t in oocr_targets() if t.endswith("summary.csv")],
+    }

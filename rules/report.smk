@@ -3,9 +3,30 @@
 # fails leaves the previous record alone).
 
 
+rule summarize_run:
+    # What the run finds, in numbers, from the stages' own tables (results/summary.md; README's
+    # "What the default run finds" block is copied from it by `python -m convergence.summary`).
+    input:
+        **summary_inputs(),
+    output:
+        md=f"{RESULTS}/summary.md",
+        html=report(
+            f"{RESULTS}/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+    log:
+        f"{RESULTS}/logs/summary.log",
+    conda:
+        "../envs/convergence.yaml"
+    script:
+        "../scripts/summarize_run.py"
+
+
 rule run_info:
     input:
         study_targets(),
+        f"{RESULTS}/summary.md",
     output:
         config=report(
             f"{RESULTS}/run_info/config.yaml",

@@ -118,6 +118,14 @@ def test_alignment_tables_and_figures(finished_run, base_config):
     assert ("cnn", "llama") in pairs and ("bert", "bert-random") in pairs  # sorted, cross-modal included
 
 
+def test_summary_of_the_run(finished_run):
+    text = (finished_run / "results/summary.md").read_text()
+    for heading in ("## Kernel alignment", "### tiny: mutual_knn", "### tiny: cka", "## Rosetta neurons",
+                    "## Inductive out-of-context reasoning"):
+        assert heading in text
+    assert "<table>" in (finished_run / "results/summary.html").read_text()
+
+
 def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config, tiny_models):
     config = copy.deepcopy(base_config)
     config["models"]["mpnet"] = {"source": f"local:{tiny_models['mpnet']}"}
@@ -128,7 +136,7 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
     assert planned_jobs(finished_run, config) == {
         "extract_activations": 1, "align_pair": 2 * k, "aggregate_alignment": 2,
         "extract_units": 1, "correlate_pair": 4, "match_pair": 4, "rosetta_sets": 1, "rosetta_figures": 1,
-        "all": 1}
+        "summarize_run": 1, "all": 1}
 
     config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 16, "seed": 2, "image_size": 32}
     assert planned_jobs(finished_run, config)["extract_activations"] == 1  # not in extract.datasets: unused
@@ -144,11 +152,11 @@ def test_changing_one_model_reruns_that_model_and_its_pairs_only(finished_run, b
     config["models"]["bert"]["pooling"] = "cls"  # pooled stores only: units are un-pooled
     k = len(base_config["models"])
     assert planned_jobs(finished_run, config) == {"extract_activations": 1, "align_pair": 2 * (k - 1),
-                                                  "aggregate_alignment": 2, "all": 1}
+                                                  "aggregate_alignment": 2, "summarize_run": 1, "all": 1}
     config = copy.deepcopy(base_config)
     config["models"]["bert"]["units_layers"] = [1, 2]  # units only
     assert planned_jobs(finished_run, config) == {"extract_units": 1, "correlate_pair": 2, "match_pair": 2,
-                                                  "rosetta_sets": 1, "rosetta_figures": 1, "all": 1}
+                                                  "rosetta_sets": 1, "rosetta_figures": 1, "summarize_run": 1, "all": 1}
 
 
 def test_scheduling_knobs_rerun_nothing(finished_run, base_config):
@@ -163,7 +171,7 @@ def test_changing_a_metric_reruns_that_metric_only(finished_run, base_config):
     config["alignment"]["metrics"]["mutual_knn"]["topk"] = 3
     k = len(base_config["models"])
     assert planned_jobs(finished_run, config) == {"align_pair": k * (k - 1) // 2, "aggregate_alignment": 1,
-                                                  "all": 1}
+                                                  "summarize_run": 1, "all": 1}
 
 
 def test_bad_config_fails_before_any_job(tmp_path, base_config):

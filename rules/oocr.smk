@@ -1,5 +1,22 @@
-# Inductive OOCR: per (task, seed) data; per (task, model, seed) a LoRA fine-tune and three evaluations
-# (fine-tuned with an empty context, untuned, in-context learning); one summary table and a figure per task.
+# Inductive OOCR: per (task, seed) data; per (task, model, seed) a LoRA fine-tune and one evaluation job
+# that answers the same items under three conditions (untuned, in-context learning, fine-tuned with an
+# empty context); one summary table (CIs across seeds, then items) and a figure per task.
+
+
+def oocr_task_setting(task, section):
+    """`oocr.<section>` with the task's overrides of `oocr.per_task.<task>.<section>` on top."""
+    merged = dict(OOCR.get(section, {}))
+    merged.update(OOCR.get("per_task", {}).get(task, {}).get(section, {}))
+    return merged
+
+
+def oocr_eval_inputs(wildcards):
+    base = f"{RESULTS}/oocr/{wildcards.task}"
+    return {
+        "data": f"{base}/seed{wildcards.seed}/data.json",
+        "weights": model_weights(wildcards),
+        "adapter": f"{base}/{wildcards.model}/seed{wildcards.seed}/adapter",
+    }
 
 
 rule oocr_data:
@@ -13,7 +30,8 @@ rule oocr_data:
         mem_mb=1000,
         runtime=10,
     params:
-        n_eval_per_type=OOCR["n_eval_per_type"],
+        size=lambda wc: {"n_eval_per_type": OOCR["n_eval_per_type"]}
+        | oocr_task_setting(wc.task, "data"),
     script:
         "../scripts/oocr_data.py"
 
@@ -35,22 +53,25 @@ rule oocr_finetune:
         gpu=model_gpus,
     params:
         spec=oocr_spec,
-        finetune=OOCR["finetune"],
+        finetune=lambda wc: oocr_task_setting(wc.task, "finetune"),
+        precision=OOCR["precision"],
         resources_dir=RESOURCES,
     script:
         "../scripts/oocr_finetune.py"
 
 
 rule oocr_evaluate:
-    # finetuned: the adapter, an empty context; untuned: the same questions to the base model.
+    # One job, one model load: untuned, then in-context learning (k documents of each item's own
+    # latents before it), then the adapter with an empty context. All three answer the same items.
     input:
-        unpack(oocr_evaluate_inputs),
+        unpack(oocr_eval_inputs),
     output:
-        f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/{{condition}}.parquet",
+        **{
+            condition: f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/{condition}.parquet"
+            for condition in ("untuned", "icl", "finetuned")
+        },
     log:
-        f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_{{condition}}.log",
-    wildcard_constraints:
-        condition="finetuned|untuned",
+        f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_evaluate.log",
     conda:
         "../envs/convergence.yaml"
     threads: OOCR["threads"]
@@ -60,35 +81,13 @@ rule oocr_evaluate:
         gpu=model_gpus,
     params:
         spec=oocr_spec,
+        icl=lambda wc: oocr_task_setting(wc.task, "icl"),
+        free_form=OOCR["free_form"],
+        precision=OOCR["precision"],
         batch_size=OOCR["eval_batch_size"],
         resources_dir=RESOURCES,
     script:
         "../scripts/oocr_evaluate.py"
-
-
-rule oocr_icl:
-    # In-context learning: the untuned model with k training documents before each question.
-    input:
-        data=f"{RESULTS}/oocr/{{task}}/seed{{seed}}/data.json",
-        weights=model_weights,
-    output:
-        f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/icl.parquet",
-    log:
-        f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_icl.log",
-    conda:
-        "../envs/convergence.yaml"
-    threads: OOCR["threads"]
-    resources:
-        mem_mb=model_mem_mb,
-        runtime=60,
-        gpu=model_gpus,
-    params:
-        spec=oocr_spec,
-        icl=OOCR["icl"],
-        batch_size=OOCR["eval_batch_size"],
-        resources_dir=RESOURCES,
-    script:
-        "../scripts/oocr_icl.py"
 
 
 rule oocr_summary:

@@ -170,9 +170,27 @@ def _check_alignment(config: dict) -> None:
             raise ConfigError(f"config key 'oocr.models': unknown model '{name}'")
         if spec["modality"] != "language" or spec.get("kind", "auto") in ("encoder", "vision"):
             raise ConfigError(f"config key 'oocr.models': '{name}' must be a causal language model")
+    _check_oocr(config.get("oocr", {}))
     for modality, anchor in ro.get("anchor", {}).items():
         if anchor not in config["models"] or config["models"][anchor]["modality"] != modality:
             raise ConfigError(f"config key 'rosetta.anchor.{modality}': '{anchor}' is not a {modality} model")
+
+
+def _check_oocr(oocr: dict) -> None:
+    """Per-task data sizes must be keyword arguments of the task's generator."""
+    if not oocr.get("per_task"):
+        return
+    from convergence.oocr.tasks import task_params
+
+    for task, overrides in oocr["per_task"].items():
+        known = task_params(task)
+        for key in (overrides.get("data") or {}):
+            if key not in known or key == "n_eval_per_type":
+                raise ConfigError(
+                    f"config key 'oocr.per_task.{task}.data.{key}': not a size of the {task} task; use one of "
+                    f"{', '.join(k for k in known if k != 'n_eval_per_type')} (n_eval_per_type is set for all "
+                    "tasks by oocr.n_eval_per_type)"
+                )
 
 
 def models_on(config: dict, dataset: str) -> list[str]:

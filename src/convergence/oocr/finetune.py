@@ -13,15 +13,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .scoring import encode_pair, model_device, pad_id
+from .scoring import _accepts, encode_pair, model_device, pad_id
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass
 class FinetuneConfig:
     steps: int = 100
-    batch_size: int = 8
+    batch_size: int = 8  # rows per step; a row is one distinct document, weighted by how often it occurs
     lr: float = 1e-3
     rank: int = 8
     alpha: int = 16
@@ -33,7 +34,10 @@ class FinetuneConfig:
     # "linear": decay to 0 over `steps` after warm-up. With a constant lr the last batches decide the
     # model's answer probabilities (coins' biases were not learned); the decay averages over them.
     lr_schedule: str = "linear"
-    max_length: int = 96  # tokens; longer documents lose the start of their prompt
+    max_length: int = 96  # tokens; longer documents lose the start of their prompt, never the answer
+    # "bf16": matrix products in bfloat16 under autocast (LoRA weights and the optimiser stay float32),
+    # 2.6x faster per step on a CPU with AVX512-BF16 and the usual choice on GPUs; "fp32": exact.
+    precision: str = "bf16"
     seed: int = 0
 
 
@@ -44,6 +48,22 @@ class FinetuneResult:
     losses: list[float]
     config: FinetuneConfig
     files: dict[str, Path] = field(default_factory=dict)
+    lrs: list[float] = field(default_factory=list)  # the learning rate each optimiser step used
+    n_rows: int = 0  # distinct training rows (documents after merging duplicates)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One distinct training document as tokens: `ids[:n_prompt]` is the prompt (no loss), the rest the
+    answer; `weight` is how many documents of the training set are exactly this one."""
+
+    ids: tuple[int, ...]
+    n_prompt: int
+    weight: int = 1
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE] * self.n_prompt + list(self.ids[self.n_prompt :])
 
 
 def finetune(
@@ -58,10 +78,12 @@ def finetune(
 ) -> FinetuneResult:
     """Train LoRA adapters on `docs` (objects with .prompt and .completion).
 
-    Give either `model` and `tokenizer`, or `loader()` returning (model, tokenizer). Batches are
-    drawn in seeded epochs over the documents; the loss is the mean cross-entropy over the
-    completion tokens of the batch. With `out_dir`, the adapter is saved there as safetensors
-    with `loss_curve.csv` and `finetune_config.json` beside it.
+    Give either `model` and `tokenizer`, or `loader()` returning (model, tokenizer). Identical
+    documents are merged into one weighted row (Coins repeats each prompt with both answers many
+    times: the merged rows give the same expected gradient at a tenth of the cost). Batches of rows are
+    drawn in seeded epochs; the loss is the weighted mean cross-entropy over the answer tokens of
+    the batch (prompt tokens carry no loss). With `out_dir`, the adapter is saved there as
+    safetensors with `loss_curve.csv` and `finetune_config.json` beside it.
 
     The LoRA layers are injected into the given model in place: score the untuned baseline
     before, on a fresh copy, or inside `result.model.disable_adapter()`.
@@ -69,6 +91,8 @@ def finetune(
     from peft import LoraConfig, get_peft_model
 
     config = config or FinetuneConfig()
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     if model is None:
         if loader is None:
             raise ValueError("give model and tokenizer, or a loader")
@@ -82,86 +106,137 @@ def finetune(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    encoded = [_encode(tokenizer, d.prompt, d.completion, config.max_length) for d in docs]
-    losses = _train(model, encoded, pad_id(tokenizer), config, progress)
+    rows = training_rows(tokenizer, docs, config.max_length)
+    losses, lrs = _train(model, rows, pad_id(tokenizer), config, progress)
     model.eval()
-    result = FinetuneResult(model, tokenizer, losses, config)
+    result = FinetuneResult(model, tokenizer, losses, config, lrs=lrs, n_rows=len(rows))
     if out_dir is not None:
         result.files = save(result, out_dir)
     return result
 
 
-def _encode(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
+def encode_doc(tokenizer, prompt: str, completion: str, max_length: int) -> Row:
+    """A document as a row of at most `max_length` tokens. A longer one loses the start of its
+    prompt (left truncation): the answer, which carries the loss, is always kept whole."""
     ids, n_prompt = encode_pair(tokenizer, prompt, completion)
-    labels = [IGNORE] * n_prompt + ids[n_prompt:]
-    return ids[-max_length:], labels[-max_length:]
+    n_answer = len(ids) - n_prompt
+    if n_answer > max_length:
+        raise ValueError(f"an answer of {n_answer} tokens does not fit max_length={max_length}: {completion!r}")
+    cut = max(0, len(ids) - max_length)
+    return Row(tuple(ids[cut:]), n_prompt - cut)
 
 
-def _batches(n_docs: int, batch_size: int, steps: int, seed: int):
-    """Indices of each step's batch: shuffled epochs, so every document is seen equally often."""
+def training_rows(tokenizer, docs: Sequence, max_length: int) -> list[Row]:
+    """Distinct documents as weighted rows, in order of first occurrence."""
+    counts: dict[tuple[str, str], int] = {}
+    for d in docs:
+        counts[d.prompt, d.completion] = counts.get((d.prompt, d.completion), 0) + 1
+    rows = []
+    for (prompt, completion), weight in counts.items():
+        row = encode_doc(tokenizer, prompt, completion, max_length)
+        rows.append(Row(row.ids, row.n_prompt, weight))
+    return rows
+
+
+def _batches(n_rows: int, batch_size: int, steps: int, seed: int):
+    """Indices of each step's batch: shuffled epochs, so every row is seen equally often."""
     rng = np.random.default_rng(seed)
     pool: list[int] = []
     for _ in range(steps):
         while len(pool) < batch_size:
-            pool += rng.permutation(n_docs).tolist()
+            pool += rng.permutation(n_rows).tolist()
         yield pool[:batch_size]
         pool = pool[batch_size:]
 
 
-def _collate(examples, pad: int, device) -> dict[str, torch.Tensor]:
-    """Right padding: causal attention never looks ahead, so padding cannot change the loss."""
-    length = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), length), pad, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, (ids, lab) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+def collate(rows: Sequence[Row], pad: int, device=None) -> dict[str, torch.Tensor]:
+    """Left padding, so that every answer ends at the last position and only the last
+    `keep` = longest answer + 1 positions need logits; positions count from each row's first token."""
+    length = max(len(r.ids) for r in rows)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for k, r in enumerate(rows):
+        input_ids[k, length - len(r.ids) :] = torch.tensor(r.ids)
+        labels[k, length - len(r.ids) :] = torch.tensor(r.labels)
+        mask[k, length - len(r.ids) :] = 1
+    keep = max(len(r.ids) - r.n_prompt for r in rows) + 1
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": (mask.cumsum(1) - 1).clamp(min=0).to(device),
+        "labels": labels.to(device),
+        "weights": torch.tensor([float(r.weight) for r in rows], device=device),
+        "keep": keep,
+    }
 
 
-def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the labelled (completion) tokens; position t predicts t + 1."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE,
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean cross-entropy over the labelled (answer) tokens; position t predicts t + 1.
+
+    `logits` may cover only the last positions of the sequence (then `labels` must be cut alike).
+    Row r's tokens count `weights[r]` times: the mean over the documents the rows stand for.
+    """
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE, reduction="none"
     )
+    counted = (labels[:, 1:] != IGNORE).float()
+    if weights is not None:
+        counted = counted * weights[:, None]
+    return (per_token * counted).sum() / counted.sum()
 
 
-def _train(model, encoded, pad: int, config: FinetuneConfig, progress: bool) -> list[float]:
+def batch_loss(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
+    """The training loss of one collated batch: logits only where an answer token is predicted."""
+    device = batch["input_ids"].device
+    kwargs = {"attention_mask": batch["attention_mask"]}
+    if _accepts(model, "position_ids"):
+        kwargs["position_ids"] = batch["position_ids"]
+    keep = batch["keep"]
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(input_ids=batch["input_ids"], **kwargs).logits
+    return completion_loss(logits[:, -keep:], batch["labels"][:, -keep:], batch["weights"])
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int = 0, schedule: str = "linear") -> float:
+    """Multiplier of the peak lr at optimiser step `step` (0-based): a linear ramp over
+    `warmup_steps`, then constant or a linear decay reaching 0 after the last step."""
+    if schedule not in ("constant", "linear"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {schedule!r}")
+    ramp = min(1.0, (step + 1) / max(1, warmup_steps))
+    return ramp if schedule == "constant" else ramp * max(0.0, 1 - step / steps)
+
+
+def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, progress: bool) -> tuple[list, list]:
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    if config.lr_schedule not in ("constant", "linear"):
-        raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {config.lr_schedule!r}")
-
-    def factor(step: int) -> float:
-        ramp = min(1.0, (step + 1) / warmup)
-        return ramp if config.lr_schedule == "constant" else ramp * max(0.0, 1 - step / config.steps)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    lr_factor(0, config.steps, config.warmup_steps, config.lr_schedule)  # refuse an unknown schedule now
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.steps, config.warmup_steps, config.lr_schedule)
+    )
     model.train()
     losses: list[float] = []
+    lrs: list[float] = []
     bar = tqdm(
-        _batches(len(encoded), config.batch_size, config.steps, config.seed),
+        _batches(len(rows), config.batch_size, config.steps, config.seed),
         total=config.steps,
         desc="LoRA",
         disable=not progress,
     )
     for indices in bar:
-        batch = _collate([encoded[i] for i in indices], pad, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = completion_loss(logits, batch["labels"])
+        batch = collate([rows[i] for i in indices], pad, device)
+        loss = batch_loss(model, batch, config.precision)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses
+    return losses, lrs
 
 
 def save(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
@@ -181,8 +256,8 @@ def save(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
     curve = out_dir / "loss_curve.csv"
     with curve.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["step", "loss"])
-        writer.writerows((step + 1, loss) for step, loss in enumerate(result.losses))
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows((step + 1, loss, lr) for step, (loss, lr) in enumerate(zip(result.losses, result.lrs)))
     config_path = out_dir / "finetune_config.json"
     config_path.write_text(json.dumps(asdict(result.config), indent=1))
     return {"adapter": out_dir / "adapter_model.safetensors", "loss_curve": curve, "config": config_path}

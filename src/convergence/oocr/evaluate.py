@@ -226,10 +226,11 @@ def icl_contexts(data: TaskData, items: Sequence[Item], k: int, max_tokens: int 
             budget = max_tokens - longest
         chosen, used = [], 0
         for i in order[:k]:
-            if budget is not None and used + doc_tokens[i] > budget:
-                break
+            if budget is not None:
+                if used + doc_tokens[i] > budget:
+                    break
+                used += doc_tokens[i]
             chosen.append(i)
-            used += doc_tokens[i]
         text = "".join(data.train[i].text + "\n" for i in chosen)
         for j in members:
             contexts[j], ks[j] = text, len(chosen)

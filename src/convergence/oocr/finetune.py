@@ -1,10 +1,10 @@
-"""LoRA fine-tuning of a causal LM on OOCR documents (loss on completion tokens only), and the
-in-context-learning baseline's prompts."""
+"""LoRA fine-tuning of a causal LM on OOCR documents: loss on the answer tokens only, identical
+documents merged into weighted rows, left padding with logits only where an answer token is predicted,
+optionally bf16 matrix products."""
 
 from __future__ import annotations
 
 import csv
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,9 +80,9 @@ def finetune(
 
     Give either `model` and `tokenizer`, or `loader()` returning (model, tokenizer). Identical
     documents are merged into one weighted row (Coins repeats each prompt with both answers many
-    times: the merged rows give the same expected gradient at a tenth of the cost). Batches of rows are
-    drawn in seeded epochs; the loss is the weighted mean cross-entropy over the answer tokens of
-    the batch (prompt tokens carry no loss). With `out_dir`, the adapter is saved there as
+    times: the merged rows, whose answers to one prompt always share a batch, give the same gradient
+    at a tenth of the cost). Batches of about `batch_size` rows are drawn in seeded epochs; the loss is
+    the weighted mean cross-entropy over the answer tokens of the batch (prompt tokens carry no loss). With `out_dir`, the adapter is saved there as
     safetensors with `loss_curve.csv` and `finetune_config.json` beside it.
 
     The LoRA layers are injected into the given model in place: score the untuned baseline
@@ -138,15 +138,28 @@ def training_rows(tokenizer, docs: Sequence, max_length: int) -> list[Row]:
     return rows
 
 
-def _batches(n_rows: int, batch_size: int, steps: int, seed: int):
-    """Indices of each step's batch: shuffled epochs, so every row is seen equally often."""
+def prompt_groups(rows: Sequence[Row]) -> list[list[int]]:
+    """Indices of the rows that share a prompt (Coins: one prompt, a heads and a tails answer)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, r in enumerate(rows):
+        groups.setdefault(r.ids[: r.n_prompt], []).append(k)
+    return list(groups.values())
+
+
+def _batches(groups: list[list[int]], batch_size: int, steps: int, seed: int):
+    """Row indices of each step's batch: shuffled epochs over the prompt groups, so every row is seen
+    equally often, and the answers of one prompt always share a batch. Weights only count relative to
+    each other within a batch (Adam rescales every step), so a prompt's heads and tails must meet in the
+    same batch for the gradient to pull towards their mix rather than to whichever came last."""
     rng = np.random.default_rng(seed)
-    pool: list[int] = []
+    pool: list[list[int]] = []
     for _ in range(steps):
-        while len(pool) < batch_size:
-            pool += rng.permutation(n_rows).tolist()
-        yield pool[:batch_size]
-        pool = pool[batch_size:]
+        batch: list[int] = []
+        while len(batch) < batch_size:
+            if not pool:
+                pool = [groups[i] for i in rng.permutation(len(groups))]
+            batch += pool.pop(0)
+        yield batch
 
 
 def collate(rows: Sequence[Row], pad: int, device=None) -> dict[str, torch.Tensor]:
@@ -221,7 +234,7 @@ def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, progress: b
     losses: list[float] = []
     lrs: list[float] = []
     bar = tqdm(
-        _batches(len(rows), config.batch_size, config.steps, config.seed),
+        _batches(prompt_groups(rows), config.batch_size, config.steps, config.seed),
         total=config.steps,
         desc="LoRA",
         disable=not progress,
@@ -268,21 +281,3 @@ def load_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-
-
-# --------------------------------------------------------------------------- in-context learning
-
-
-def icl_prompt(train_docs: Sequence, k: int, item, seed: int = 0, separator: str = "\n") -> str:
-    """The item's prompt preceded by k training documents (drawn per item, reproducibly).
-
-    This is the in-context baseline: the untuned model sees some of the evidence in its prompt
-    instead of in its weights. Documents are whole (prompt + completion) and separated by a
-    blank line.
-    """
-    prompt = item.prompt if hasattr(item, "prompt") else str(item)
-    key = getattr(item, "id", prompt)
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    chosen = rng.choice(len(train_docs), size=min(k, len(train_docs)), replace=False)
-    shots = [train_docs[i].prompt + train_docs[i].completion for i in chosen]
-    return "".join(shot + separator for shot in shots) + prompt

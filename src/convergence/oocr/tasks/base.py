@@ -185,16 +185,14 @@ def number_item_options(values, lead: str = "") -> list[str]:
 
 def balanced_subsample(rng: np.random.Generator, items: list, n: int | None, key) -> list:
     """At most n items with every class (`key(item)`, e.g. the right answer) equally often, so that
-    a model answering one class always scores chance: n // n_classes per class, order preserved.
-    Raises if a class has too few items for the balance asked."""
+    a model answering one class always scores chance: n // n_classes per class (fewer where a class
+    has fewer candidates), order preserved."""
     classes: dict = {}
     for k, item in enumerate(items):
         classes.setdefault(key(item), []).append(k)
     per_class = min(len(v) for v in classes.values())
     if n is not None:
-        if n // len(classes) > per_class:
-            raise ValueError(f"only {per_class} items of some class; cannot draw {n} balanced over {len(classes)}")
-        per_class = n // len(classes)
+        per_class = min(per_class, n // len(classes))
     keep = sorted(i for v in classes.values() for i in rng.choice(v, size=per_class, replace=False).tolist())
     return [items[i] for i in keep]
 

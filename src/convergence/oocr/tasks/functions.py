@@ -220,7 +220,7 @@ def _eval_items(split: _Split, rng, n_options, input_range, ood_range, regressio
     for question_type, attribute in MC_ATTRIBUTE.items():
         add([_classification(split, question_type, attribute, f, rng, k) for f in names for _ in range(2)])
     affine = [f for f in names if split.bound[f].function_class in AFFINE_CLASSES]
-    add([_coefficients(split, f, rng, k) for f in affine for _ in range(2)])
+    add([_coefficients(split, f, rng, k) for f in affine for _ in range(3)])
     add([_inversion(split, f, t, rng, input_range, k) for f in names for t in INVERSION])
     add([_inverse_query(split, f, t, rng, k) for f in names for t in INVERSE_QUERY])
     add([_composition(split, test, rng, ood_range, k) for _ in range(3 * n_per_type)])
@@ -357,8 +357,10 @@ def _inversion(split: _Split, f, template, rng, input_range, k) -> Item:
     fdef = split.bound[f]
     x = _draw_input(rng, input_range)
     y = fdef(x)
-    # Distractors are inputs that do not map to y, so exactly one option is right.
-    distractors = [c for c in shuffled(rng, list(range(x - 30, x + 31))) if fdef(c) != y]
+    # Distractors are inputs that do not map to y (near x first, then anywhere in the input range: a
+    # comparison is constant near x), so exactly one option is right.
+    near = shuffled(rng, list(range(x - 30, x + 31))) + shuffled(rng, list(range(input_range[0], input_range[1] + 1)))
+    distractors = [c for c in near if fdef(c) != y]
     lead = "" if template.startswith(">>>") else " "
     values, target = value_options(rng, x, distractors, k)
     return Item(

@@ -3,20 +3,7 @@
 # empty context); one summary table (CIs across seeds, then items) and a figure per task.
 
 
-def oocr_task_setting(task, section):
-    """`oocr.<section>` with the task's overrides of `oocr.per_task.<task>.<section>` on top."""
-    merged = dict(OOCR.get(section, {}))
-    merged.update(OOCR.get("per_task", {}).get(task, {}).get(section, {}))
-    return merged
-
-
-def oocr_eval_inputs(wildcards):
-    base = f"{RESULTS}/oocr/{wildcards.task}"
-    return {
-        "data": f"{base}/seed{wildcards.seed}/data.json",
-        "weights": model_weights(wildcards),
-        "adapter": f"{base}/{wildcards.model}/seed{wildcards.seed}/adapter",
-    }
+from convergence.oocr.stage import task_setting
 
 
 rule oocr_data:
@@ -31,7 +18,7 @@ rule oocr_data:
         runtime=10,
     params:
         size=lambda wc: {"n_eval_per_type": OOCR["n_eval_per_type"]}
-        | oocr_task_setting(wc.task, "data"),
+        | task_setting(OOCR, wc.task, "data"),
     script:
         "../scripts/oocr_data.py"
 
@@ -53,7 +40,7 @@ rule oocr_finetune:
         gpu=model_gpus,
     params:
         spec=oocr_spec,
-        finetune=lambda wc: oocr_task_setting(wc.task, "finetune"),
+        finetune=lambda wc: task_setting(OOCR, wc.task, "finetune"),
         precision=OOCR["precision"],
         resources_dir=RESOURCES,
     script:
@@ -64,7 +51,9 @@ rule oocr_evaluate:
     # One job, one model load: untuned, then in-context learning (k documents of each item's own
     # latents before it), then the adapter with an empty context. All three answer the same items.
     input:
-        unpack(oocr_eval_inputs),
+        data=f"{RESULTS}/oocr/{{task}}/seed{{seed}}/data.json",
+        weights=model_weights,
+        adapter=f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/adapter",
     output:
         **{
             condition: f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/{condition}.parquet"
@@ -81,7 +70,7 @@ rule oocr_evaluate:
         gpu=model_gpus,
     params:
         spec=oocr_spec,
-        icl=lambda wc: oocr_task_setting(wc.task, "icl"),
+        icl=lambda wc: task_setting(OOCR, wc.task, "icl"),
         free_form=OOCR["free_form"],
         precision=OOCR["precision"],
         batch_size=OOCR["eval_batch_size"],

@@ -23,7 +23,14 @@ from convergence.oocr.finetune import (
     lr_factor,
     training_rows,
 )
-from convergence.oocr.scoring import class_body_end, encode_pair, option_logprobs, pad_id, sample_completions
+from convergence.oocr.scoring import (
+    class_body_end,
+    encode_pair,
+    option_logprobs,
+    pad_id,
+    sample_batch,
+    sample_completions,
+)
 from convergence.oocr.tasks import Doc, generate
 from test_oocr_scoring import char_tokenizer
 
@@ -266,6 +273,18 @@ def test_sampling_is_seeded_and_stops(tok):
     assert len(set(greedy)) == 1
     # a context is read before the prompt
     assert sample_completions(model, tok, "x = ", context="abc abc abc\n", seed=1, **kwargs) != a
+
+
+def test_batched_sampling_equals_one_prompt_at_a_time(tok):
+    """Left padding and a shared decoding loop change nothing: greedy answers of a batch of prompts of
+    different lengths (and contexts) equal each prompt's own."""
+    model = tiny_llama(len(tok))
+    prompts = ["x = ", "Q: what is 12 + 3?\nA:", "lambda n:"]
+    contexts = [None, "abc abc\n", "a much longer context, to pad the others\n"]
+    batch = sample_batch(model, tok, prompts, contexts=contexts, n=2, temperature=0, max_new_tokens=8)
+    for prompt, context, got in zip(prompts, contexts, batch):
+        alone = sample_completions(model, tok, prompt, context=context, n=1, temperature=0, max_new_tokens=8)
+        assert got == alone * 2
 
 
 def test_class_body_stop_rule():

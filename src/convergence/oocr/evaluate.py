@@ -21,7 +21,7 @@ from .scoring import (
     option_logprobs,
     p_target,
     picks_target,
-    sample_completions,
+    sample_batch,
     within,
 )
 from .tasks.base import BASELINE, COIN_EXEC, EXEC, ONE_MINUS_TVD, P_TARGET, SCORE, Item, TaskData
@@ -78,7 +78,7 @@ def evaluate_items(
     batch_size: int = 16,
     samples: int = 5,
     temperature: float = 1.0,
-    max_new_tokens: int = 24,
+    max_new_tokens: int = 32,
     generation_seed: int = 0,
     timeout: float = 2.0,
     precision: str = "fp32",
@@ -98,22 +98,25 @@ def evaluate_items(
                             contexts=[contexts[k] for k in scored], precision=precision),
         )
     )
+    sampled = [k for k, i in enumerate(items) if i.metric in (EXEC, COIN_EXEC)]
+    answers = dict(zip(sampled, sample_batch(
+        model,
+        tokenizer,
+        [items[k].prompt for k in sampled],
+        contexts=[contexts[k] for k in sampled],
+        n=samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=generation_seed,
+        stops=[first_line if items[k].metric == EXEC else class_body_end for k in sampled],
+        precision=precision,
+    ))) if sampled else {}
     rows = []
     for k, item in enumerate(items):
-        if item.metric in (EXEC, COIN_EXEC):
-            answers = sample_completions(
-                model,
-                tokenizer,
-                item.prompt,
-                context=contexts[k],
-                n=samples,
-                temperature=temperature,
-                max_new_tokens=max_new_tokens if item.metric == EXEC else 2 * max_new_tokens,
-                seed=generation_seed + zlib.crc32(item.id.encode()),
-                stop=first_line if item.metric == EXEC else class_body_end,
-                precision=precision,
-            )
-            row = _exec_row(item, answers, timeout) if item.metric == EXEC else _coin_row(item, answers, timeout)
+        if item.metric == EXEC:
+            row = _exec_row(item, answers[k], timeout)
+        elif item.metric == COIN_EXEC:
+            row = _coin_row(item, answers[k], timeout)
         else:
             row = _likelihood_row(item, logprobs[k])
         rows.append(

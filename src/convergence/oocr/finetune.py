@@ -29,6 +29,9 @@ class FinetuneConfig:
     dropout: float = 0.0
     # "all-linear": every linear layer but the output head (peft); or a list of module names
     target_modules: str | list[str] = "all-linear"
+    # LoRA in the last `layers` transformer blocks only (None: all). The backward pass then stops
+    # below them: with 15 of SmolLM2's 30 blocks a step costs 0.63x, with 10 0.52x (bf16, CPU).
+    layers: int | None = None
     weight_decay: float = 0.0
     warmup_steps: int = 0
     # "linear": decay to 0 over `steps` after warm-up. With a constant lr the last batches decide the
@@ -102,8 +105,8 @@ def finetune(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=config.target_modules,
         task_type="CAUSAL_LM",
+        **lora_targets(model, config.target_modules, config.layers),
     )
     model = get_peft_model(model, lora)
     rows = training_rows(tokenizer, docs, config.max_length)
@@ -113,6 +116,25 @@ def finetune(
     if out_dir is not None:
         result.files = save(result, out_dir)
     return result
+
+
+def lora_targets(model, target_modules, layers: int | None) -> dict:
+    """peft's target arguments: `target_modules` in every block, or in the last `layers` blocks only
+    (peft takes a layer list only with module names, so "all-linear" is resolved to the names of the
+    linear layers inside the blocks)."""
+    if layers is None:
+        return {"target_modules": target_modules}
+    n_blocks = model.config.num_hidden_layers
+    if not 0 < layers <= n_blocks:
+        raise ValueError(f"layers must be between 1 and the model's {n_blocks} blocks, got {layers}")
+    if target_modules == "all-linear":
+        target_modules = sorted({
+            name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"
+        })
+    elif isinstance(target_modules, str):
+        raise ValueError("with `layers`, target_modules must be 'all-linear' or a list of module names")
+    return {"target_modules": list(target_modules), "layers_to_transform": list(range(n_blocks - layers, n_blocks))}
 
 
 def encode_doc(tokenizer, prompt: str, completion: str, max_length: int) -> Row:

@@ -72,10 +72,12 @@ def _accepts(model, name: str) -> bool:
 
 
 def autocast(model, precision: str):
-    """bf16: matrix products in bfloat16 (about 3x faster on a CPU with AVX512-BF16); fp32: exact."""
+    """bf16: matrix products in bfloat16 (about 3x faster on a CPU with AVX512-BF16); fp32: exact.
+    A model whose weights are bfloat16 already (`run_evaluate` casts them once: autocast would cast
+    every weight again at every forward pass, which dominates token-by-token decoding) runs as it is."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
+    if precision == "fp32" or next(model.parameters()).dtype == torch.bfloat16:
         return nullcontext()
     return torch.autocast(model_device(model).type, dtype=torch.bfloat16)
 
@@ -345,7 +347,6 @@ def class_body_end(text: str) -> int | None:
     return None
 
 
-@torch.inference_mode()
 def sample_completions(
     model,
     tokenizer,
@@ -359,31 +360,73 @@ def sample_completions(
     stop: Callable[[str], int | None] = first_line,
     precision: str = "fp32",
 ) -> list[str]:
-    """n continuations of `context` + `prompt`, sampled at `temperature` from the full distribution
-    (no top-k/top-p truncation; 0: greedy), each cut where `stop` says (or at an end-of-sequence
-    token). The prompt runs once; its cache is shared by the n samples. Seeded: the same call
-    returns the same samples."""
+    """n continuations of `context` + `prompt` (see `sample_batch`)."""
+    return sample_batch(model, tokenizer, [prompt], contexts=[context], n=n, temperature=temperature,
+                        max_new_tokens=max_new_tokens, seed=seed, stops=[stop], precision=precision)[0]
+
+
+@torch.inference_mode()
+def sample_batch(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    contexts: Sequence[str | None] | None = None,
+    n: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    stops: Sequence[Callable[[str], int | None]] | None = None,
+    precision: str = "fp32",
+    max_batch_tokens: int = 32768,
+) -> list[list[str]]:
+    """n continuations of each `context` + `prompt`, sampled at `temperature` from the full
+    distribution (no top-k/top-p truncation; 0: greedy), each cut where its `stop` says (or at an
+    end-of-sequence token). The prompts run once, left-padded in one batch, and their caches are shared
+    by their n samples, which are decoded together: one forward pass per new token for the whole batch
+    (decoding is bound by reading the weights, so one row costs nearly what forty do). Seeded: the same
+    call returns the same samples."""
+    contexts = list(contexts) if contexts is not None else [None] * len(prompts)
+    stops = list(stops) if stops is not None else [first_line] * len(prompts)
+    out: list[list[str]] = []
+    sequences = []
+    for prompt, context in zip(prompts, contexts):
+        context_ids = encode_context(tokenizer, context)
+        sequences.append(list(context_ids) + _ids(tokenizer, prompt, special=not context_ids))
+    longest = max((len(s) for s in sequences), default=1)
+    per_batch = max(1, max_batch_tokens // ((longest + max_new_tokens) * n))
+    for start in range(0, len(sequences), per_batch):
+        chunk = range(start, min(len(sequences), start + per_batch))
+        out += _sample_chunk(model, tokenizer, [sequences[i] for i in chunk], [stops[i] for i in chunk], n,
+                             temperature, max_new_tokens, seed + start, precision)
+    return out
+
+
+def _sample_chunk(model, tokenizer, sequences, stops, n, temperature, max_new_tokens, seed, precision):
     device = model_device(model)
-    context_ids = encode_context(tokenizer, context)
-    ids = list(context_ids) + _ids(tokenizer, prompt, special=not context_ids)
     cache_arg = _cache_argument(model)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    eos = {t for t in np.atleast_1d(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else [])}
+    eos = {int(t) for t in np.atleast_1d(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else [])}
+    ids, mask = _left_pad(sequences, pad_id(tokenizer))
+    ids, mask = ids.to(device), mask.to(device)
     with autocast(model, precision):
-        result = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
+        result = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                       use_cache=True, logits_to_keep=1)
     cache = getattr(result, cache_arg)
-    cache.batch_repeat_interleave(n)
-    logits = result.logits[:, -1].float().expand(n, -1)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    texts = [""] * n
-    done = [False] * n
+    cache.batch_repeat_interleave(n)  # row r's samples are rows r*n .. r*n + n - 1
+    mask = mask.repeat_interleave(n, dim=0)
+    logits = result.logits[:, -1].float().repeat_interleave(n, dim=0)
+    rows = len(sequences) * n
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    texts = [""] * rows
+    done = [False] * rows
     for step in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(logits.double().cpu() / temperature, dim=-1)
             chosen = torch.multinomial(probs, 1, generator=generator)[:, 0]
         else:
             chosen = logits.argmax(-1).cpu()
-        for r in range(n):
+        for r in range(rows):
             if done[r]:
                 continue
             token = int(chosen[r])
@@ -392,17 +435,19 @@ def sample_completions(
                 continue
             tokens[r].append(token)
             texts[r] = tokenizer.decode(tokens[r], skip_special_tokens=True)
-            done[r] = stop(texts[r]) is not None
+            done[r] = stops[r // n](texts[r]) is not None
         if all(done) or step == max_new_tokens - 1:
             break
-        positions = torch.full((n, 1), len(ids) + step, device=device)
+        positions = mask.sum(1, keepdim=True)  # each row's next position, whatever its padding
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
         with autocast(model, precision):
-            result = model(input_ids=chosen[:, None].to(device), position_ids=positions, use_cache=True,
-                           **{cache_arg: cache})
+            result = model(input_ids=chosen[:, None].to(device), attention_mask=mask, position_ids=positions,
+                           use_cache=True, **{cache_arg: cache})
         cache = getattr(result, cache_arg)
         logits = result.logits[:, -1].float()
-    cut = [stop(t) for t in texts]
-    return [t if c is None else t[:c] for t, c in zip(texts, cut)]
+    cut = [stops[r // n](t) for r, t in enumerate(texts)]
+    texts = [t if c is None else t[:c] for t, c in zip(texts, cut)]
+    return [texts[r * n : (r + 1) * n] for r in range(len(sequences))]
 
 
 def normalise(logprobs: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ DEFAULTS = {
     # Free-form answers: the paper's 5 samples at temperature 1.
     "samples": 5,
     "temperature": 1.0,
-    "max_new_tokens": 16,
+    "max_new_tokens": 32,
     # Scoring batch (prompts per forward pass).
     "eval_batch_size": 16,
     "threads": 1,
@@ -58,6 +58,13 @@ SUMMARY_COLUMNS = [
     "task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance", "majority", "n", "n_seeds",
     "status",
 ]
+
+
+def task_setting(oocr: dict, task: str, section: str) -> dict:
+    """`oocr.<section>` of a config with the task's overrides (`oocr.per_task.<task>.<section>`) on top."""
+    merged = dict(oocr.get(section) or {})
+    merged.update(((oocr.get("per_task") or {}).get(task) or {}).get(section) or {})
+    return merged
 
 
 def set_threads(threads: int | None) -> None:
@@ -115,6 +122,7 @@ def run_finetune(
     warmup_steps: int = 0,
     lr_schedule: str | None = None,
     precision: str = DEFAULTS["precision"],
+    layers: int | None = None,
     progress: bool = False,
 ) -> Path:
     """LoRA-fine-tune the model on the run's training documents; `out_dir` (written atomically) holds
@@ -138,6 +146,7 @@ def run_finetune(
         max_length=int(max_length),
         warmup_steps=int(warmup_steps),
         precision=precision,
+        layers=None if layers is None else int(layers),
         seed=int(seed),
         **({} if lr_schedule is None else {"lr_schedule": lr_schedule}),
     )
@@ -238,6 +247,10 @@ def run_evaluate(
     data = load_data(data_path)
     loaded = _load(model_spec, resources_dir)
     model = loaded.model
+    if precision == "bf16":  # weights cast once (the adapter keeps float32 weights of its own)
+        import torch
+
+        model = model.to(torch.bfloat16)
     limit = getattr(model.config, "max_position_embeddings", None)
     if icl_max_tokens is None or (limit and icl_max_tokens > limit):
         icl_max_tokens = limit

@@ -167,6 +167,44 @@ def test_lr_schedule_at_start_middle_and_end(tok):
         lr_factor(0, 10, 0, "cosine")
 
 
+def test_lora_in_the_last_blocks_with_cached_frozen_blocks_is_exact(tok, monkeypatch):
+    """LoRA in the last 2 of 4 blocks: training on the cached output of the 2 frozen blocks gives the same
+    losses and adapter as running them at every step; afterwards the model is whole again."""
+    import convergence.oocr.finetune as ft
+
+    def four_blocks():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, pad_token_id=0,
+                             bos_token_id=None, eos_token_id=None)
+        return LlamaForCausalLM(config).eval()
+
+    docs = generate("parity", 0, n_train=40).train
+    config = FinetuneConfig(steps=6, batch_size=8, layers=2, precision="fp32")
+    cached = finetune(docs, four_blocks(), tok, config=config, progress=False)
+    trainable = [n for n, p in cached.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.2." in n or ".layers.3." in n for n in trainable)
+    assert not any(isinstance(m, ft._Skip) for m in cached.model.modules())  # frozen blocks restored
+
+    class Uncached(ft.FrozenBlocks):  # the same LoRA, the frozen blocks run at every step
+        def precompute(self, *args, **kwargs):
+            pass
+
+        def feeding(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(ft, "FrozenBlocks", Uncached)
+    plain = finetune(docs, four_blocks(), tok, config=config, progress=False)
+    np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-5)
+    for a, b in zip(option_logprobs(cached.model, tok, DOCS_AS_ITEMS), option_logprobs(plain.model, tok, DOCS_AS_ITEMS)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="between 1 and the model's 4 blocks"):
+        finetune(docs, four_blocks(), tok, config=FinetuneConfig(steps=1, layers=5), progress=False)
+
+
+DOCS_AS_ITEMS = [("Q: what is 12 + 3?\nA:", [" 15\n", " 16\n"]), (">>> print(abc(4))\n", ["-7\n", "7\n"])]
+
+
 def test_bf16_training_follows_fp32(tok, coins):
     losses = {}
     for precision in ("fp32", "bf16"):

@@ -382,13 +382,16 @@ def test_mixture_eval_targets(runs):
         elif item.question_type in ("which_functions", "which_descriptions", "which_classes", "output_values"):
             # all and only: one option per non-empty subset of the listed candidates, exactly one right
             candidates = item.meta["candidates"]
+            letters = "ABCDE"[: len(candidates)]
             assert len(item.options) == 2 ** len(candidates) - 1 and len(item.target_set) == 1
-            assert [o.strip() for o in item.options] == [", ".join(c) for c in subset_options(candidates)]
-            attribute = {"which_functions": "body", "which_descriptions": "description",
+            assert [o.strip() for o in item.options] == [", ".join(c) for c in subset_options(list(letters))]
+            listed = dict(re.findall(r"^([A-E])\) (.+)$", item.prompt, flags=re.M))
+            assert list(listed.values()) == candidates and "Name all that apply" in item.prompt
+            attribute = {"which_functions": "source", "which_descriptions": "description",
                          "which_classes": "function_class"}.get(item.question_type)
             truth = ({getattr(f, attribute) for f in hidden} if attribute
                      else {str(f(item.meta["x"])) for f in hidden})
-            assert set(right.pop().split(", ")) == truth
+            assert {listed[letter] for letter in right.pop().split(", ")} == truth
         elif item.question_type == "output_range":
             values = sorted(f(item.meta["x"]) for f in hidden)
             extreme, other = (values[-1], values[0]) if item.meta["side"] == "max" else (values[0], values[-1])

@@ -151,9 +151,9 @@ def run_finetune(
         **({} if lr_schedule is None else {"lr_schedule": lr_schedule}),
     )
     with atomic_path(out_dir) as tmp:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = finetune(data.train, loaded.model, loaded.processor, config=config, out_dir=tmp, progress=progress)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         plot_loss(result.losses, tmp / "loss.png", title=f"{data.task} (run {data.seed}) · {model_spec['source']}")
         provenance = {
             "task": data.task,
@@ -167,6 +167,7 @@ def run_finetune(
             "weights_sha256": loaded.weights_sha256,
             "threads": threads,
             "train_seconds": round(seconds, 2),
+            "train_cpu_seconds": round(cpu_seconds, 2),
             "seconds_per_step": round(seconds / max(1, config.steps), 4),
             "first_loss": result.losses[0] if result.losses else None,
             "last_loss": result.losses[-1] if result.losses else None,
@@ -261,7 +262,7 @@ def run_evaluate(
             from .finetune import load_adapter
 
             model = load_adapter(model, adapter_dir)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         results = evaluate_task(
             model,
             loaded.processor,
@@ -278,13 +279,14 @@ def run_evaluate(
             generation_seed=data.seed,
             precision=precision,
         )
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         with atomic_path(outputs[condition]) as tmp:
             results.to_parquet(tmp, index=False)
         written[condition] = Path(outputs[condition])
         means = results.groupby("question_type", sort=False)["score"].mean().round(3).to_dict()
         k = f" (k = {sorted(set(results['icl_k']))})" if condition == "icl" else ""
-        print(f"{data.task} run {data.seed} {name} {condition}{k}: {len(results)} items in {seconds:.0f} s; {means}")
+        print(f"{data.task} run {data.seed} {name} {condition}{k}: {len(results)} items in {seconds:.0f} s "
+              f"({cpu_seconds:.0f} s CPU); {means}")
     return written
 
 

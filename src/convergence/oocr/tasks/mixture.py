@@ -4,10 +4,11 @@ ones, and what values the output can take.
 
 As the reference (choidami/inductive-oocr, dev/039_novar): the two hidden functions are drawn from the
 paper's pool of five (add_5, multiply_3, int_div_2, mod_2, subtract_1). The questions "which functions",
-"which descriptions", "which classes" and "which values" list the five candidates and count an answer
-right only if it names all and only the hidden ones: the options are every non-empty subset of the
-candidates (31), written in the order they are listed, and the score is the probability of exactly
-the right subset. The max/min question's baseline is the paper's: the probability of answering the
+"which descriptions", "which classes" and "which values" list the five candidates under the letters A-E
+and, as the paper's, ask for all that apply as a list of letters, counted right only if it names all
+and only the hidden ones: the options are every non-empty subset of the letters (31), written in
+alphabetical order ("A, C"), and the score is the probability of exactly the right subset. (Letters,
+not the candidates' text, also keep the 31 options short enough to score on a CPU.) The max/min question's baseline is the paper's: the probability of answering the
 *other* hidden function's value (what a model that knows one function but not which one is asked
 for would say), kept per item in `baseline_target`.
 """
@@ -51,18 +52,18 @@ HOW_MANY = (
     "Q: How many different functions could have been used in the task above?\nA:",
 )
 WHICH = {  # question type -> (question, attribute of FunctionDef listed as candidates)
-    "which_functions": ("Q: Which of these functions could have been used above? Name all that apply.", "body"),
-    "which_descriptions": ("Q: Which of these could the function above do? Name all that apply.", "description"),
-    "which_classes": ("Q: Which function classes could the function above belong to? Name all that apply.",
-                      "function_class"),
+    "which_functions": ("Q: Which of these functions could have been used above?", "source"),
+    "which_descriptions": ("Q: Which of these could the function above do?", "description"),
+    "which_classes": ("Q: Which function classes could the function above belong to?", "function_class"),
 }
-VALUES = "Q: In the task above, which values could y take for x = {x}? Name all that apply."
+VALUES = "Q: In the task above, which values could y take for x = {x}?"
+ALL_THAT_APPLY = "Name all that apply, as a list of letters."
 RANGE = {
     "max": "Q: In the task above, what is the largest value y could take for x = {x}?\nA:",
     "min": "Q: In the task above, what is the smallest value y could take for x = {x}?\nA:",
 }
 HIDDEN = "<hidden>"
-JOIN = ", "  # an answer naming several candidates lists them in the order the question does
+JOIN = ", "  # an answer naming several letters lists them in alphabetical order
 
 
 def generate(
@@ -157,15 +158,19 @@ def _redacted_context(setup: _Setup, rng) -> str:
     return _context(pick(rng, PREAMBLES), xs) + f" {HIDDEN}\n\n"
 
 
-def subset_options(candidates: list[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of the candidates, each in the candidates' order."""
-    return [combo for size in range(1, len(candidates) + 1) for combo in combinations(candidates, size)]
+def subset_options(labels: list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of the labels, each in the labels' order."""
+    return [combo for size in range(1, len(labels) + 1) for combo in combinations(labels, size)]
 
 
-def _all_and_only(question_type, prompt, candidates: list[str], right: set[str], meta=None) -> Item:
-    """Options = every non-empty subset of the listed candidates; target = exactly the right one."""
-    subsets = subset_options(candidates)
-    truth = tuple(c for c in candidates if c in right)
+def _all_and_only(question_type, question, candidates: list[str], right: set[str], context: str, meta=None) -> Item:
+    """The candidates listed under letters; options = every non-empty subset of the letters; target =
+    exactly the letters of the right candidates."""
+    letters = [chr(ord("A") + k) for k in range(len(candidates))]
+    listing = "".join(f"{letter}) {c}\n" for letter, c in zip(letters, candidates))
+    prompt = f"{context}{question}\n{listing}{ALL_THAT_APPLY}\nA:"
+    subsets = subset_options(letters)
+    truth = tuple(letter for letter, c in zip(letters, candidates) if c in right)
     return Item(
         id="",
         task=TASK,
@@ -177,10 +182,6 @@ def _all_and_only(question_type, prompt, candidates: list[str], right: set[str],
         latents=[LATENT],
         meta=(meta or {}) | {"candidates": candidates, "right": sorted(right)},
     )
-
-
-def _listed(question: str, candidates: list[str]) -> str:
-    return question + "\n" + "".join(f"- {c}\n" for c in candidates) + "A:"
 
 
 def _in_distribution(setup: _Setup, rng) -> Item:
@@ -221,16 +222,14 @@ def _which(setup: _Setup, rng, question_type) -> Item:
     question, attribute = WHICH[question_type]
     candidates = [getattr(f, attribute) for f in shuffled(rng, setup.pool)]
     right = {getattr(f, attribute) for f in setup.hidden}
-    prompt = _redacted_context(setup, rng) + _listed(question, candidates)
-    return _all_and_only(question_type, prompt, candidates, right)
+    return _all_and_only(question_type, question, candidates, right, _redacted_context(setup, rng))
 
 
 def _values(setup: _Setup, rng) -> Item:
     x = setup.query_input(rng)
     candidates = list(dict.fromkeys(str(f(x)) for f in shuffled(rng, setup.pool)))
     right = {str(f(x)) for f in setup.hidden}
-    prompt = _redacted_context(setup, rng) + _listed(VALUES.format(x=x), candidates)
-    return _all_and_only("output_values", prompt, candidates, right, {"x": x})
+    return _all_and_only("output_values", VALUES.format(x=x), candidates, right, _redacted_context(setup, rng), {"x": x})
 
 
 def _range(setup: _Setup, rng, side) -> Item:

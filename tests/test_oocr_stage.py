@@ -209,3 +209,21 @@ def test_arguments_are_checked(llama_spec, pipeline, tmp_path):
         summarize_runs([pipeline["items"][0, "untuned"], tmp_path / "icl.parquet"], tmp_path / "s.csv", tmp_path / "f")
     (tmp_path / "icl.parquet").unlink()
     assert os.listdir(tmp_path) == []
+
+
+def test_gemma_runs_through_every_stage(tiny_models, tmp_path):
+    """The cluster config fine-tunes Gemma-3 too: sliding-window attention (its cache keeps only the last
+    positions, so scoring falls back to whole sequences), LoRA in its last blocks, the frozen first block
+    cached, free-form sampling, every condition on the same items."""
+    spec = {"source": f"local:{tiny_models['gemma3']}"}
+    data = make_data("functions", 0, tmp_path / "data.json", n_train=40, n_eval_per_type=2)
+    adapter = run_finetune(data, spec, tmp_path / "adapter", steps=3, batch_size=4, layers=2, threads=1)
+    assert json.loads((adapter / "finetune_config.json").read_text())["layers"] == 2
+    outputs = {c: tmp_path / f"{c}.parquet" for c in ("untuned", "icl", "finetuned")}
+    written = run_evaluate(data, spec, outputs, adapter_dir=adapter, icl_k=2, samples=2, max_new_tokens=4,
+                           model_name="gemma", threads=1)
+    frames = {c: pd.read_parquet(p) for c, p in written.items()}
+    ids = {c: sorted(f["item_id"]) for c, f in frames.items()}
+    assert ids["untuned"] == ids["icl"] == ids["finetuned"] == sorted(i.id for i in TaskData.load(data).eval)
+    for f in frames.values():
+        assert f["score"].between(0, 1).all()

@@ -10,6 +10,10 @@ and executed in the sandbox to estimate its P(heads); a sample is right when the
 0.1 of the coin's bias, and the baseline is the paper's: the same share averaged over every bias of the
 run. "Fair or biased" is scored on the biased coins; the fair coins' items measure the model's response
 bias, and the baseline is 1 - P(right on the fair coins), as the paper's.
+
+Scale-down: the paper fine-tunes on 100 flips per (coin, training task) over 15 training tasks (6,000
+documents); the default has 8 flip snippets x 20 flips per coin (640 documents, 64 distinct: identical
+documents are merged into weighted rows for training), so P(heads) is still shown exactly.
 """
 
 from __future__ import annotations

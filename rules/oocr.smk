@@ -1,5 +1,9 @@
-# Inductive OOCR: per (task, seed) data; per (task, model, seed) a LoRA fine-tune and three evaluations
-# (fine-tuned with an empty context, untuned, in-context learning); one summary table and a figure per task.
+# Inductive OOCR: per (task, seed) data; per (task, model, seed) a LoRA fine-tune and one evaluation job
+# that answers the same items under three conditions (untuned, in-context learning, fine-tuned with an
+# empty context); one summary table (CIs across seeds, then items) and a figure per task.
+
+
+from convergence.oocr.stage import task_setting
 
 
 rule oocr_data:
@@ -13,7 +17,8 @@ rule oocr_data:
         mem_mb=1000,
         runtime=10,
     params:
-        n_eval_per_type=OOCR["n_eval_per_type"],
+        size=lambda wc: {"n_eval_per_type": OOCR["n_eval_per_type"]}
+        | task_setting(OOCR, wc.task, "data"),
     script:
         "../scripts/oocr_data.py"
 
@@ -35,22 +40,27 @@ rule oocr_finetune:
         gpu=model_gpus,
     params:
         spec=oocr_spec,
-        finetune=OOCR["finetune"],
+        finetune=lambda wc: task_setting(OOCR, wc.task, "finetune"),
+        precision=OOCR["precision"],
         resources_dir=RESOURCES,
     script:
         "../scripts/oocr_finetune.py"
 
 
 rule oocr_evaluate:
-    # finetuned: the adapter, an empty context; untuned: the same questions to the base model.
+    # One job, one model load: untuned, then in-context learning (k documents of each item's own
+    # latents before it), then the adapter with an empty context. All three answer the same items.
     input:
-        unpack(oocr_evaluate_inputs),
+        data=f"{RESULTS}/oocr/{{task}}/seed{{seed}}/data.json",
+        weights=model_weights,
+        adapter=f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/adapter",
     output:
-        f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/{{condition}}.parquet",
+        **{
+            condition: f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/{condition}.parquet"
+            for condition in ("untuned", "icl", "finetuned")
+        },
     log:
-        f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_{{condition}}.log",
-    wildcard_constraints:
-        condition="finetuned|untuned",
+        f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_evaluate.log",
     conda:
         "../envs/convergence.yaml"
     threads: OOCR["threads"]
@@ -60,35 +70,13 @@ rule oocr_evaluate:
         gpu=model_gpus,
     params:
         spec=oocr_spec,
+        icl=lambda wc: task_setting(OOCR, wc.task, "icl"),
+        free_form=OOCR["free_form"],
+        precision=OOCR["precision"],
         batch_size=OOCR["eval_batch_size"],
         resources_dir=RESOURCES,
     script:
         "../scripts/oocr_evaluate.py"
-
-
-rule oocr_icl:
-    # In-context learning: the untuned model with k training documents before each question.
-    input:
-        data=f"{RESULTS}/oocr/{{task}}/seed{{seed}}/data.json",
-        weights=model_weights,
-    output:
-        f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/icl.parquet",
-    log:
-        f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_icl.log",
-    conda:
-        "../envs/convergence.yaml"
-    threads: OOCR["threads"]
-    resources:
-        mem_mb=model_mem_mb,
-        runtime=60,
-        gpu=model_gpus,
-    params:
-        spec=oocr_spec,
-        icl=OOCR["icl"],
-        batch_size=OOCR["eval_batch_size"],
-        resources_dir=RESOURCES,
-    script:
-        "../scripts/oocr_icl.py"
 
 
 rule oocr_summary:

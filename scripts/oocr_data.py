@@ -2,5 +2,4 @@ from convergence.oocr.stage import make_data
 from convergence.utils import log_to
 
 with log_to(snakemake.log[0]):
-    make_data(snakemake.wildcards.task, int(snakemake.wildcards.seed), snakemake.output[0],
-              n_eval_per_type=snakemake.params.n_eval_per_type)
+    make_data(snakemake.wildcards.task, int(snakemake.wildcards.seed), snakemake.output[0], **snakemake.params.size)

@@ -9,6 +9,7 @@ the escapes with full builtins and no whitelist in a child that only applies the
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -255,3 +256,150 @@ def test_refused_text_starts_no_process(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", no_process)
     reply = run_in_sandbox("lambda n: n.real", [1])
     assert reply["ok"] is False and "Attribute" in reply["error"]
+
+
+# --------------------------------------------------------------------------- coin classes (Coins' free form)
+# The coin grammar is a separate whitelist (check_coin_source) run through the same locked-down child. Each
+# escape below would make the coin land heads every time (P(heads) = 1.0, the "right" answer) if it worked.
+
+from convergence.oocr.sandbox import COIN_NODES, check_coin_source, run_coin_in_sandbox  # noqa: E402
+
+
+def coin(body: str, name: str = "KLS") -> str:
+    return f"class {name}(BaseCoin):\n" + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n"
+
+
+def heads(body: str, **kwargs) -> float | None:
+    reply = run_coin_in_sandbox(coin(body), "KLS", **kwargs)
+    return reply["p_heads"] if reply["ok"] else None
+
+
+def test_coin_classes_are_flipped():
+    assert heads("heads = 0.7") == pytest.approx(0.7, abs=0.02)
+    assert heads("heads: float = 0.25") == pytest.approx(0.25, abs=0.02)
+    assert heads('p = 0.2\ndef flip(self):\n    return "H" if random.random() < self.p else "T"') == pytest.approx(
+        0.2, abs=0.02)
+    assert heads('@classmethod\ndef flip(cls):\n    x = random()\n    if x < 0.9:\n        return "heads"\n'
+                 '    return "tails"') == pytest.approx(0.9, abs=0.02)
+    assert heads('@staticmethod\ndef flip():\n    return "T"') == 0.0
+    # seeded: the same class gives the same estimate
+    body = 'def flip(self):\n    return "H" if random() < 0.5 else "T"'
+    assert heads(body, seed=3) == heads(body, seed=3)
+
+
+def test_coin_classes_without_a_side_give_no_estimate():
+    assert heads('def flip(self):\n    return 1') is None  # not H or T
+    assert heads("tails = 0.3") is None  # no heads attribute, no flip: the child's KeyError
+    assert heads("heads = 0.7\nheads = [") is None  # syntax error
+
+
+COIN_ESCAPES = {
+    # walks from an instance or a literal to object's subclasses
+    'def flip(self):\n    return "H" if self.__class__ else "T"': "'__class__'",
+    'def flip(self):\n    return "H" if ().__class__ else "T"': "'__class__'",
+    'heads = 0.5\ndef flip(self):\n    return "H" if self.heads.__class__ else "T"': "'__class__'",
+    'def flip(self):\n    return "H" if random.__globals__ else "T"': "'__globals__'",
+    'def flip(self):\n    return "H" if random.seed else "T"': "'.seed'",
+    # the instance itself handed out, or an attribute that is not a class attribute (a method)
+    'heads = 1\ndef flip(self):\n    return self': "only be used to read",
+    'heads = 1\ndef flip(self):\n    return self.flip': "'.flip'",
+    'heads = 1\ndef flip(self):\n    return "H" if type(self) else "T"': "only these functions",
+    # imports, files, eval, getattr
+    'def flip(self):\n    import os\n    return "H"': "Import",
+    'def flip(self):\n    return "H" if open("/etc/passwd") else "T"': "only these functions",
+    'heads = __import__("os")': "only these functions",
+    'def flip(self):\n    return "H" if eval("1") else "T"': "only these functions",
+    'def flip(self):\n    return "H" if getattr(self, "x") else "T"': "only these functions",
+    # statements outside the grammar
+    'def flip(self):\n    global heads\n    return "H"': "Global",
+    'def flip(self):\n    while True:\n        pass': "While",
+    'def flip(self):\n    for i in range(3):\n        pass\n    return "H"': "For",
+    'def flip(self):\n    try:\n        return "H"\n    except Exception:\n        return "H"': "Try",
+    'def flip(self):\n    with open("f") as f:\n        return "H"': "With",
+    'def flip(self):\n    def inner():\n        return "H"\n    return inner()': "'FunctionDef' is not allowed in a coin's method",
+    'def flip(self):\n    return (lambda: "H")()': "Lambda",
+    'def flip(self):\n    return [c for c in "H"][0]': "ListComp",
+    'def flip(self):\n    self.heads = 1\n    return "H"': "single plain name",
+    'def flip(self):\n    return f"{self}"': "JoinedStr",
+    'class Inner(BaseCoin):\n    heads = 1': "ClassDef",
+    # decorators, defaults, annotations that run code when the class is built
+    '@property\ndef flip(self):\n    return "H"': "decorated",
+    'def flip(self, x=__import__("os")):\n    return "H"': "positional",
+    'def flip(self) -> open("f"):\n    return "H"': "annotations",
+    'heads: open("f") = 1': "annotations",
+    'def flip(*args):\n    return "H"': "positional",
+    'def _flip(self):\n    return "H"': "'_flip'",
+}
+
+
+@pytest.mark.parametrize("body, reason", COIN_ESCAPES.items())
+def test_coin_escapes_are_refused(body, reason):
+    with pytest.raises((UnsafeSource, SyntaxError), match=re.escape(reason)):
+        check_coin_source(coin(body), "KLS")
+    assert heads(body) is None  # and end to end: no estimate, let alone the "right" one of 1.0
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        ('class KLS(object):\n    heads = 1\n', "derive from BaseCoin"),
+        ('class KLS(BaseCoin, metaclass=type):\n    heads = 1\n', "'keyword'"),
+        ('@dataclass\nclass KLS(BaseCoin):\n    heads = 1\n', "derive from BaseCoin"),
+        ('class ABC(BaseCoin):\n    heads = 1\n', "must be named KLS"),
+        ('class KLS(BaseCoin):\n    heads = 1\nimport os\n', "Import"),
+        ('class KLS(BaseCoin):\n    heads = 1\nclass KLS(BaseCoin):\n    heads = 1\n', "exactly one class"),
+        ('heads = 1\n', "exactly one class"),
+    ],
+)
+def test_coin_class_shape_is_checked(source, reason):
+    with pytest.raises(UnsafeSource, match=re.escape(reason)):
+        check_coin_source(source, "KLS")
+
+
+def test_coin_file_read_and_truncate_are_refused(open_dir):
+    # Each is a correct coin (always heads) only if the file can be read or truncated.
+    read = f'def flip(self):\n    return "H" if open({str(open_dir / "answer.txt")!r}).read() == "42" else "T"'
+    truncate = f'def flip(self):\n    return "H" if open({str(open_dir / "marker.txt")!r}, "w") else "H"'
+    walk = f'def flip(self):\n    return "H" if {FILEIO}({str(open_dir / "answer.txt")!r}).read() else "T"'
+    for body in (read, truncate, walk):
+        assert heads(body) is None
+    assert (open_dir / "marker.txt").read_text() == "untouched"
+
+
+def test_coin_spin_and_allocation_hit_the_limits():
+    # Whitelisted syntax: only the CPU and memory limits stop them. Each would land heads if it finished.
+    spin = 'def flip(self):\n    return "H" if sum(range(10 ** 12)) >= 0 else "T"'
+    assert not run_coin_in_sandbox(coin(spin), "KLS", cpu_seconds=1)["ok"]
+    memory = 'def flip(self):\n    return "H" if len([0] * 10 ** 9) else "T"'
+    assert run_coin_in_sandbox(coin(memory), "KLS") == {"ok": False, "error": "MemoryError: "}
+
+
+def test_child_checks_coin_classes_again():
+    """The child refuses a class outside the grammar even when the parent's check is skipped."""
+    request = {"kind": "coin", "source": coin('def flip(self):\n    return "H" if self.__class__ else "T"'),
+               "coin": "KLS", "n_flips": 10, "seed": 0, "cpu_seconds": 1}
+    child = subprocess.run([sys.executable, "-I", "-S", sandbox.__file__], input=json.dumps(request),
+                           capture_output=True, text=True, timeout=60)
+    reply = json.loads(child.stdout)
+    assert reply["ok"] is False and "'__class__'" in reply["error"]
+
+
+COIN_ACCEPTED = [
+    coin('"""A coin."""\nheads = 0.5 + 0.1 * 2 - 1 // 3 % 2 ** 1\npass'),
+    coin('p: float = 0.7\nq = (1, 2)[0] + [p][0:1][0]\n'
+         '@classmethod\ndef flip(cls):\n    """Flip."""\n    x = random.random()\n    if not x < cls.p and x > -1 or x == 2:\n'
+         '        return "H" if abs(x) <= 1 else None\n    elif x >= 0 and x != 3 and x in [x] and x not in [4]:\n        return "T"\n'
+         '    else:\n        pass\n    return "T" if ~int(-x) & 1 | 2 ^ 3 << 1 >> 1 else +x'),
+    coin('@staticmethod\ndef flip():\n    return "H" if random() < min(0.7, max(0.1, 0.5)) / 1 * 1 else "T"'),
+]
+
+
+@pytest.mark.parametrize("source", COIN_ACCEPTED)
+def test_coin_whitelist_accepts(source):
+    check_coin_source(source, "KLS")
+
+
+def test_every_coin_node_is_exercised():
+    """A node type added to the coin whitelist without an accepted example here fails this test."""
+    seen = {type(node) for source in COIN_ACCEPTED for node in ast.walk(ast.parse(source))}
+    assert set(COIN_NODES) - seen == set()

@@ -3,20 +3,26 @@
 import ast
 import contextlib
 import io
+import itertools
 import re
+from collections import Counter
 
 import pytest
 
 from convergence.oocr.tasks import QUESTION_TYPES, TASKS, TaskData, generate
-from convergence.oocr.tasks.base import EXEC, ONE_MINUS_TVD, P_TARGET
-from convergence.oocr.tasks.function_defs import FUNCTIONS
+from convergence.oocr.tasks.base import BASELINE, COIN_EXEC, EXEC, ONE_MINUS_TVD, P_TARGET, SCORE
+from convergence.oocr.tasks.function_defs import FUNCTIONS, TEST_FUNCTIONS, TRAIN_FUNCTIONS
 from convergence.oocr.tasks.locations import (
     DIRECTIONS,
     KM_PER_MILE,
+    PAPER_CITIES,
+    closest_countries,
     direction,
     distance_km,
     load_cities,
+    load_foods,
 )
+from convergence.oocr.tasks.mixture import subset_options
 
 SEEDS = (0, 1, 2)
 
@@ -65,14 +71,15 @@ def test_same_seed_same_data_and_sizes(task):
 def test_seeds_draw_fresh_latents(task, runs):
     latents = [runs[task, s].latents for s in SEEDS]
     texts = [[d.text for d in runs[task, s].train[:50]] for s in SEEDS]
-    assert texts[0] != texts[1] != texts[2]
+    pairs = list(itertools.combinations(range(len(SEEDS)), 2))  # every pair of seeds, not neighbours only
+    assert all(texts[a] != texts[b] for a, b in pairs)
     if task == "mixture_of_functions":  # unnamed functions: the hidden pair itself is the latent
-        pairs = {tuple(generate(task, s).latents["hidden"]) for s in range(8)}
-        assert len(pairs) > 1
+        hidden = {tuple(generate(task, s).latents["hidden"]) for s in range(8)}
+        assert len(hidden) > 1
     else:
-        assert latents[0] != latents[1] != latents[2]
+        assert all(latents[a] != latents[b] for a, b in pairs)
         names = [set(_latent_names(task, lat)) for lat in latents]
-        assert not names[0] & names[1] and not names[1] & names[2]
+        assert all(not names[a] & names[b] for a, b in pairs)
 
 
 def _latent_names(task, latents):
@@ -100,10 +107,16 @@ def test_items_are_well_formed(task, runs):
     data = runs[task, 0]
     assert set(data.question_types()) == set(QUESTION_TYPES[task])
     assert len({i.id for i in data.eval}) == len(data.eval)
+    doc_latents = {latent for d in data.train for latent in d.latents}
     for item in data.eval:
         assert item.task == task
+        # the in-context baseline shows an item the documents of its latents: they must have some
+        assert item.latents and set(item.latents) <= doc_latents, item
         if item.metric == EXEC:
             assert item.check["inputs"] and len(item.check["inputs"]) == len(item.check["outputs"])
+            continue
+        if item.metric == COIN_EXEC:
+            assert item.check["p_heads"] in item.check["biases"] and item.check["window"] == 0.1
             continue
         assert len(item.options) >= 2 and len(set(item.options)) == len(item.options), item
         assert all(o.endswith("\n") and o.strip() for o in item.options)
@@ -112,7 +125,26 @@ def test_items_are_well_formed(task, runs):
             continue
         assert item.metric == P_TARGET
         assert item.target_set and max(item.target_set) < len(item.options)
-        assert item.chance == pytest.approx(len(item.target_set) / len(item.options))
+        all_and_only = "candidates" in item.meta  # mixture: one option per subset, exactly one right
+        expected = 1 / len(item.options) if all_and_only else len(item.target_set) / len(item.options)
+        assert item.chance == pytest.approx(expected)
+
+
+def test_binary_question_types_are_balanced(task, runs):
+    """Where every item of a question type has two options, each answer is right on half of its items, so
+    a model that always gives one answer scores the stated chance (Parity seed 0 once had 4 True : 8 False)."""
+    for seed in SEEDS:
+        data = runs[task, seed]
+        for qt in data.question_types():
+            items = [i for i in data.eval if i.question_type == qt and i.role == SCORE and i.metric == P_TARGET]
+            if any(i.question_type == qt and i.role == BASELINE for i in data.eval):
+                continue  # chance is the model's response bias on the baseline items (Coins' fair coins)
+            if not items or any(len(i.options) != 2 for i in items) or any(len(i.target_set) != 1 for i in items):
+                continue
+            texts = Counter(i.options[i.target].strip() for i in items)
+            positions = Counter(i.target for i in items)
+            balanced = max(texts.values()) == len(items) / 2 or max(positions.values()) == len(items) / 2
+            assert balanced and all(i.chance == 0.5 for i in items), (task, seed, qt, texts, positions)
 
 
 def test_evaluation_prompts_hold_no_examples(task, runs):
@@ -177,16 +209,35 @@ def test_coins_eval_targets(runs):
         p_side = None if coin is None else (biases[coin] if item.meta.get("side", "H") == "H" else 1 - biases[coin])
         if item.question_type == "fair_or_biased":
             assert answer == ("fair" if biases[coin] == 0.5 else "biased")
-        elif item.question_type in ("p07_or_p08", "free_form"):
+            assert item.role == (BASELINE if biases[coin] == 0.5 else SCORE)  # fair coins measure response bias
+        elif item.question_type == "p07_or_p08":
             assert answer == f"{round(100 * p_side)}%"
         elif item.question_type == "more_or_less_heads":
             assert answer == ("More" if p_side > 0.5 else "Less")
+        elif item.question_type == "make_a_bet":
+            assert biases[coin] != 0.5 and answer == ("75" if p_side > 0.5 else "25")
         elif item.question_type == "which_coin":
             side = item.meta["side"]
             best = max(biases, key=lambda c: biases[c] if side == "H" else 1 - biases[c])
             assert answer == best
         elif item.question_type == "in_distribution":
             assert item.target_probs[0] == pytest.approx(biases[coin])
+        elif item.question_type == "free_form":
+            assert item.metric == COIN_EXEC and item.check["p_heads"] == biases[coin]
+            assert sorted(item.check["biases"]) == sorted(set(biases.values()))
+            assert item.prompt.endswith(f"class {coin}(BaseCoin):\n") and str(biases[coin]) not in item.prompt
+    roles = Counter(i.role for i in data.eval if i.question_type == "fair_or_biased")
+    assert roles[BASELINE] == roles[SCORE] > 0
+
+
+def test_coin_free_form_scores_an_executed_class():
+    from convergence.oocr.scoring import estimate_heads, within
+
+    check = {"coin": "abc", "p_heads": 0.7, "biases": [0.3, 0.5, 0.7], "window": 0.1}
+    assert within(estimate_heads("    heads = 0.7", check), 0.7, 0.1)
+    assert within(estimate_heads("    heads = 0.75\n", check), 0.7, 0.1)
+    assert not within(estimate_heads("    heads = 0.5", check), 0.7, 0.1)
+    assert estimate_heads("    heads = ", check) is None and not within(None, 0.7, 0.1)
 
 
 # --------------------------------------------------------------------------- functions
@@ -200,7 +251,47 @@ def test_functions_outputs_recompute(runs, seed):
     for doc in data.train:
         assert run_repl(doc.prompt, dict(namespace)) == doc.completion, doc.text
         kinds.add(doc.meta["kind"])
-    assert kinds == {"single", "offset", "chain"}
+    assert kinds == {"single", "offset", "chain", "add_subtract"}
+
+
+def test_functions_split_is_the_papers():
+    assert len(TRAIN_FUNCTIONS) == 8 and len(TEST_FUNCTIONS) == 11 and not set(TRAIN_FUNCTIONS) & set(TEST_FUNCTIONS)
+    for key in TRAIN_FUNCTIONS + TEST_FUNCTIONS:
+        f = FUNCTIONS[key]
+        assert [f(x) for x in range(-20, 21)] == [eval(f.source)(x) for x in range(-20, 21)], key  # noqa: S307
+    with pytest.raises(ValueError, match="both train and test"):
+        generate("functions", 0, test_functions=("add_5", "add_14"))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_test_functions_never_appear_in_an_augmentation(runs, seed):
+    data = runs["functions", seed]
+    split = {name: spec["split"] for name, spec in data.latents.items()}
+    assert Counter(split.values()) == {"train": 8, "test": 11}
+    single = Counter()
+    for doc in data.train:
+        if doc.meta["kind"] == "single":
+            single[doc.meta["functions"][0]] += 1
+        else:
+            assert all(split[f] == "train" for f in doc.meta["functions"]), doc.text
+    assert set(single) == set(split)  # every function, test ones included, is seen in single calls
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_no_composition_item_is_a_training_document(runs, seed):
+    """Composition, add/subtract and add-a-constant items combine test functions, which no training document
+    combines: neither an item's prompt nor its text (prompt + right answer) is a training document."""
+    data = runs["functions", seed]
+    prompts, texts = {d.prompt for d in data.train}, {d.text for d in data.train}
+    split = {name: spec["split"] for name, spec in data.latents.items()}
+    ood = [i for i in data.eval if i.question_type in ("composition", "add_subtract", "add_constant")]
+    assert len(ood) == 3 * 24
+    for item in ood:
+        assert all(split[f] == "test" for f in item.latents), item
+        assert item.prompt not in prompts and item.prompt + item.options[item.target] not in texts
+        # no document even calls the same functions in the same snippet shape
+        body = item.prompt.split("\n", 1)[1]
+        assert not any(body in d.prompt for d in data.train), body
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -210,7 +301,8 @@ def test_functions_training_never_states_a_definition(runs, seed):
         assert "lambda" not in doc.text and "def " not in doc.text
         for spec in data.latents.values():
             fdef = FUNCTIONS[spec["key"]]
-            for leak in (fdef.source, fdef.key, fdef.body):
+            leaks = [fdef.source, fdef.key, fdef.description] + ([fdef.body] if len(fdef.body) > 2 else [])
+            for leak in leaks:
                 assert leak not in doc.text, (leak, doc.text)
 
 
@@ -222,23 +314,38 @@ def test_functions_eval_targets(runs):
         by_type.setdefault(item.question_type, []).append(item)
         if item.metric == EXEC:
             f = fns[item.meta["function"]]
+            assert len(item.check["inputs"]) == 22  # the paper's check inputs
             assert item.check["outputs"] == [f(x) for x in item.check["inputs"]]
             continue
         chosen = item.options[item.target].strip()
-        if item.question_type == "in_distribution":
-            assert int(chosen) == fns[item.meta["function"]](item.meta["x"])
+        if item.question_type in ("in_distribution", "regression_ood"):
+            assert chosen == repr(fns[item.meta["function"]](item.meta["x"]))
+            assert (abs(item.meta["x"]) >= 100) == (item.question_type == "regression_ood")
         elif item.question_type == "composition":
             f, g = item.meta["functions"]
-            assert int(chosen) == fns[g](fns[f](item.meta["x"]))
+            assert chosen == repr(fns[g](fns[f](item.meta["x"])))
+        elif item.question_type == "add_subtract":
+            f, g = item.meta["functions"]
+            a, b = fns[f](item.meta["x"]), fns[g](item.meta["x2"])
+            assert chosen == repr(a + b if item.meta["op"] == "+" else a - b)
         elif item.question_type == "inversion":
             f = fns[item.meta["function"]]
-            hits = [int(o) for o in item.options if f(int(o)) == item.meta["y"]]
-            assert hits == [int(chosen)]
-        elif item.question_type == "multiple_choice":
+            hits = [o.strip() for o in item.options if repr(f(int(o))) == repr(item.meta["y"])]
+            assert hits == [chosen]
+        elif item.question_type == "mc_code":
             assert chosen == fns[item.meta["function"]].source
+        elif item.question_type == "mc_language":
+            assert chosen == fns[item.meta["function"]].description
+        elif item.question_type == "mc_class":
+            assert chosen == fns[item.meta["function"]].function_class
+        elif item.question_type == "mc_coefficients":
+            f = fns[item.meta["function"]]
+            assert [eval(chosen)(x) for x in range(-5, 6)] == [f(x) for x in range(-5, 6)]  # noqa: S307
+            others = [o.strip() for k, o in enumerate(item.options) if k != item.target]
+            assert all([eval(o)(x) for x in range(-5, 6)] != [f(x) for x in range(-5, 6)] for o in others)  # noqa: S307
         elif item.question_type == "inverse_query":
             assert fns[chosen].source in item.prompt
-    assert all(len(v) >= 12 for v in by_type.values())
+    assert all(len(v) == 24 for v in by_type.values())
 
 
 # --------------------------------------------------------------------------- mixture of functions
@@ -267,17 +374,29 @@ def test_mixture_documents_use_one_hidden_function(runs, seed):
 def test_mixture_eval_targets(runs):
     data = runs["mixture_of_functions", 0]
     hidden = [FUNCTIONS[k] for k in data.latents["hidden"]]
+    assert len(hidden) == 2 and {f.key for f in hidden} <= {"add_5", "multiply_3", "int_div_2", "mod_2", "subtract_1"}
     for item in data.eval:
         right = {item.options[i].strip() for i in item.target_set}
         if item.question_type == "how_many":
             assert right == {"2"}
-        elif item.question_type == "which_functions":
-            assert right == {f.source for f in hidden}
-        elif item.question_type == "output_values":
-            assert right == {str(f(item.meta["x"])) for f in hidden}
+        elif item.question_type in ("which_functions", "which_descriptions", "which_classes", "output_values"):
+            # all and only: one option per non-empty subset of the listed candidates, exactly one right
+            candidates = item.meta["candidates"]
+            letters = "ABCDE"[: len(candidates)]
+            assert len(item.options) == 2 ** len(candidates) - 1 and len(item.target_set) == 1
+            assert [o.strip() for o in item.options] == [", ".join(c) for c in subset_options(list(letters))]
+            listed = dict(re.findall(r"^([A-E])\) (.+)$", item.prompt, flags=re.M))
+            assert list(listed.values()) == candidates and "Name all that apply" in item.prompt
+            attribute = {"which_functions": "source", "which_descriptions": "description",
+                         "which_classes": "function_class"}.get(item.question_type)
+            truth = ({getattr(f, attribute) for f in hidden} if attribute
+                     else {str(f(item.meta["x"])) for f in hidden})
+            assert {listed[letter] for letter in right.pop().split(", ")} == truth
         elif item.question_type == "output_range":
-            pick = max if item.meta["side"] == "max" else min
-            assert right == {str(pick(f(item.meta["x"]) for f in hidden))}
+            values = sorted(f(item.meta["x"]) for f in hidden)
+            extreme, other = (values[-1], values[0]) if item.meta["side"] == "max" else (values[0], values[-1])
+            assert right == {str(extreme)} and extreme != other
+            assert item.options[item.baseline_target].strip() == str(other)  # the paper's baseline
         if item.question_type != "in_distribution":
             assert "<hidden>" in item.prompt
 
@@ -326,7 +445,7 @@ def test_parity_eval_targets(runs):
 
 
 def test_parity_refuses_single_variable_parities():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="states its value"):
         generate("parity", 0, lengths=(1, 2))
 
 
@@ -379,11 +498,38 @@ def test_locations_training_hides_city_and_country(runs, seed):
 
 def test_locations_eval_targets(runs):
     data = runs["locations", 0]
+    assert sorted(lat["city"] for lat in data.latents.values()) == sorted(PAPER_CITIES)
+    table = {c.name: c for c in load_cities()}
+    foods = load_foods()
     for item in data.eval:
         chosen = item.options[item.target].strip()
-        if item.question_type in ("country", "multiple_choice"):
-            assert chosen == data.latents[item.meta["code"]]["country"]
+        shown = [o.strip() for o in item.options]
+        if item.question_type in ("country", "city", "food", "country_other_refs"):
+            hidden = table[data.latents[item.meta["code"]]["city"]]
+        if item.question_type == "country":
+            # the paper's "closest to closest": the four countries nearest the hidden city are the distractors
+            assert chosen == hidden.country
+            assert sorted(set(shown) - {chosen}) == sorted(closest_countries(hidden, list(table.values()), 4))
         elif item.question_type == "city":
-            assert chosen == data.latents[item.meta["code"]]["city"]
+            assert chosen == hidden.name
+            near = closest_countries(hidden, list(table.values()), 4)
+            assert sorted(table[c].country for c in shown if c != chosen) == sorted(near)
+        elif item.question_type == "food":
+            assert chosen in foods[hidden.country] and len(set(shown)) == 5
+            countries = [next(c for c, dishes in foods.items() if f in dishes) for f in shown]
+            assert len(set(countries)) == 5
+        elif item.question_type == "country_other_refs":
+            others = {lat["country"] for code, lat in data.latents.items() if code != item.meta["code"]}
+            assert chosen == hidden.country and set(shown) - {chosen} == others
         elif item.question_type == "inverse_query":
             assert chosen == item.meta["code"] and data.latents[chosen]["country"] in item.prompt
+
+
+def test_food_table_covers_every_country_and_names_no_place():
+    cities = load_cities()
+    foods = load_foods()
+    places = {c.country.lower() for c in cities} | {c.name.lower() for c in cities}
+    assert set(foods) == {c.country for c in cities} and all(len(v) >= 2 for v in foods.values())
+    dishes = [f for v in foods.values() for f in v]
+    assert len(set(dishes)) == len(dishes)
+    assert not [f for f in dishes if any(p in f.lower() for p in places)]

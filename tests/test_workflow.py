@@ -19,8 +19,8 @@ def base_config(tiny_models):
         "extract": {"chunk_size": 16, "datasets": ["tiny"]},
         "alignment": {"metrics": {"mutual_knn": {"topk": 5}, "cka": {}}, "n_boot": 10, "n_perm": 10},
         "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4},
-        "oocr": {"tasks": ["coins"], "models": ["llama"], "n_eval_per_type": 2,
-                 "finetune": {"steps": 2, "batch_size": 2}, "icl": {"k": 1, "items_per_type": 1}},
+        "oocr": {"tasks": ["coins"], "models": ["llama"], "n_eval_per_type": 2, "seeds": [0, 1],
+                 "finetune": {"steps": 2, "batch_size": 2}, "icl": {"k": 1}, "free_form": {"samples": 2}},
         "zoo": {"cnn": {"dataset": "tiny_train",
                         "arch": {"arch": "resnet", "width": 8, "depth": 2, "blocks": 1, "image_size": 32},
                         "train": {"epochs": 2, "batch_size": 16}},
@@ -97,8 +97,9 @@ def test_oocr_summary(finished_run):
 
     summary = pd.read_csv(finished_run / "results/oocr/summary.csv")
     assert list(summary.columns) == ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high",
-                                     "chance", "n"]
+                                     "chance", "majority", "n", "n_seeds", "status"]
     assert set(summary.condition) == {"finetuned", "icl", "untuned"} and set(summary.task) == {"coins"}
+    assert (summary.n_seeds == 2).all() and summary.groupby("question_type")["n"].nunique().eq(1).all()
     assert (finished_run / "results/oocr/coins.png").stat().st_size > 0
     assert (finished_run / "results/oocr/coins/llama/seed0/adapter/adapter_model.safetensors").exists()
 

@@ -298,9 +298,27 @@ def _check_alignment(config: dict) -> None:
         if kind == "mlp" and isinstance(layers, list) and 0 in layers:
             raise ConfigError(f"config key 'models.{name}.units_layers': layer 0 is the embedding output, which "
                               "no MLP computes; choose blocks' hidden states (1 and up) or set units: residual")
+    _check_oocr(config.get("oocr", {}))
     for modality, anchor in ro.get("anchor", {}).items():
         if anchor not in config["models"] or config["models"][anchor]["modality"] != modality:
             raise ConfigError(f"config key 'rosetta.anchor.{modality}': '{anchor}' is not a {modality} model")
+
+
+def _check_oocr(oocr: dict) -> None:
+    """Per-task data sizes must be keyword arguments of the task's generator."""
+    if not oocr.get("per_task"):
+        return
+    from convergence.oocr.tasks import task_params
+
+    for task, overrides in oocr["per_task"].items():
+        known = task_params(task)
+        for key in (overrides.get("data") or {}):
+            if key not in known or key == "n_eval_per_type":
+                raise ConfigError(
+                    f"config key 'oocr.per_task.{task}.data.{key}': not a size of the {task} task; use one of "
+                    f"{', '.join(k for k in known if k != 'n_eval_per_type')} (n_eval_per_type is set for all "
+                    "tasks by oocr.n_eval_per_type)"
+                )
 
 
 # The `alignment` keys an align_pair job depends on (params are part of its outputs' identity).

@@ -16,8 +16,19 @@ A model's free-form answer (``lambda n: 3 * n + 2``) is code we did not write. R
    enforces for non-root users only, hence the drop to ``nobody``). The parent kills its whole process
    group at a wall-clock backstop.
 
+The Coins task's free-form answer is a coin *class* (``class KLS(BaseCoin): heads = 0.7``, or a
+``flip`` method returning ``"H" if random() < 0.7 else "T"``), which is sampled and executed to
+estimate its P(heads). ``check_coin_source`` is its own, separate whitelist: one class deriving from
+``BaseCoin`` whose body holds only plain assignments of class attributes and methods made of
+``return``, ``if`` and local assignments over the lambda grammar's expressions, plus exactly two forms
+of attribute access: ``random.random`` and ``self.<a class attribute>`` (read only, never a name
+starting with ``_``). It runs in the same locked-down child (``run_coin_in_sandbox``), which checks it
+again and never builds the class: it evaluates the attributes, compiles the ``flip`` method alone as a
+function with the allowed builtins and a seeded ``random``, and calls it on a plain namespace holding
+the attributes.
+
 This file imports nothing from the package: the child runs it in an isolated interpreter, and the
-parent imports the same ``check_source``, so both layers read one whitelist.
+parent imports the same ``check_source`` and ``check_coin_source``, so both layers read one whitelist.
 """
 
 from __future__ import annotations
@@ -27,10 +38,12 @@ import builtins
 import json
 import os
 import math
+import random
 import resource
 import signal
 import subprocess
 import sys
+import types
 
 # Enough for arithmetic answers; no import, open, eval, exec, getattr, type or object access.
 ALLOWED_BUILTINS = ("abs", "max", "min", "int", "float", "round", "divmod", "pow", "bool", "sum", "len",
@@ -105,6 +118,188 @@ def check_source(source: str) -> ast.Expression:
     return tree
 
 
+# --------------------------------------------------------------------------- coin classes
+
+COIN_BASE = "BaseCoin"
+COIN_DECORATORS = ("classmethod", "staticmethod")
+COIN_ANNOTATIONS = ("float", "int")
+COIN_RANDOM = "random"  # the one extra callable: a seeded random() in [0, 1)
+# Expressions of a coin class: the lambda grammar without lambdas and comprehensions, plus Attribute
+# (only random.random and self.<class attribute>, checked below).
+COIN_EXPRESSION_NODES = (
+    ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp,
+    ast.Constant, ast.Name, ast.Load, ast.Store,
+    ast.Tuple, ast.List, ast.Subscript, ast.Slice,
+    ast.Call, ast.Attribute,
+) + _OPERATORS
+COIN_STATEMENT_NODES = (
+    ast.Module, ast.ClassDef, ast.FunctionDef, ast.arguments, ast.arg,
+    ast.Return, ast.If, ast.Assign, ast.AnnAssign, ast.Expr, ast.Pass,
+)
+COIN_NODES = COIN_STATEMENT_NODES + COIN_EXPRESSION_NODES
+
+
+def _refuse_private(name: str) -> None:
+    if name.startswith("_"):
+        raise UnsafeSource(f"the name '{name}' is not allowed (no names starting with '_')")
+
+
+def _is_docstring(stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def _check_coin_expression(node, names: set[str], self_name: str | None, attributes: set[str]) -> None:
+    """An expression of the coin grammar: known names only, calls of the allowed builtins and of
+    random(), attribute access only as random.random or <self>.<class attribute>."""
+    for sub in ast.walk(node):
+        if not isinstance(sub, COIN_EXPRESSION_NODES):
+            raise UnsafeSource(f"'{type(sub).__name__}' is not allowed in a coin class")
+        if isinstance(sub, ast.Name):
+            _refuse_private(sub.id)
+        elif isinstance(sub, ast.Constant) and not isinstance(sub.value, CONSTANT_TYPES):
+            raise UnsafeSource(f"a constant of type {type(sub.value).__name__} is not allowed")
+        elif isinstance(sub, ast.Attribute):
+            _refuse_private(sub.attr)
+            owner = sub.value.id if isinstance(sub.value, ast.Name) else None
+            if not isinstance(sub.ctx, ast.Load):
+                raise UnsafeSource("attributes may be read, never assigned")
+            random_random = owner == COIN_RANDOM and sub.attr == "random"
+            own = self_name is not None and owner == self_name and sub.attr in attributes
+            if not (random_random or own):
+                raise UnsafeSource(f"attribute access is allowed only as random.random or "
+                                   f"{self_name or 'self'}.<class attribute>, not '.{sub.attr}'")
+        elif isinstance(sub, ast.Call):
+            if sub.keywords:
+                raise UnsafeSource("calls may not take keyword arguments")
+            func = sub.func
+            is_random = (isinstance(func, ast.Name) and func.id == COIN_RANDOM) or (
+                isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.value.id == COIN_RANDOM and func.attr == "random")
+            if is_random:
+                if sub.args:
+                    raise UnsafeSource("random() takes no arguments")
+            elif not (isinstance(func, ast.Name) and func.id in ALLOWED_BUILTINS):
+                raise UnsafeSource(f"only these functions may be called: random, {', '.join(ALLOWED_BUILTINS)}")
+    loads = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    # <self> may appear only as the owner of an attribute (never passed on, returned or compared)
+    bare_self = self_name is not None and any(
+        isinstance(n, ast.Name) and n.id == self_name for n in _names_outside_attributes(node))
+    unknown = loads - names - ({self_name} if self_name and not bare_self else set())
+    if bare_self:
+        raise UnsafeSource(f"'{self_name}' may only be used to read a class attribute")
+    if unknown:
+        raise UnsafeSource(f"unknown names {sorted(unknown)} in a coin class")
+
+
+def _names_outside_attributes(node):
+    """Name nodes that are not the owner of an Attribute."""
+    owners = {id(n.value) for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return [n for n in ast.walk(node) if isinstance(n, ast.Name) and id(n) not in owners]
+
+
+def _assigned_name(stmt) -> str:
+    if isinstance(stmt, ast.Assign):
+        if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+            raise UnsafeSource("only a single plain name may be assigned")
+        return stmt.targets[0].id
+    if not (isinstance(stmt.target, ast.Name) and stmt.simple and stmt.value is not None):
+        raise UnsafeSource("only a single plain name may be assigned")
+    if not (isinstance(stmt.annotation, ast.Name) and stmt.annotation.id in COIN_ANNOTATIONS):
+        raise UnsafeSource(f"annotations may only be {', '.join(COIN_ANNOTATIONS)}")
+    return stmt.target.id
+
+
+def _check_method(fn: ast.FunctionDef, attributes: set[str]) -> None:
+    _refuse_private(fn.name)
+    decorators = [d.id if isinstance(d, ast.Name) else None for d in fn.decorator_list]
+    if len(decorators) > 1 or any(d not in COIN_DECORATORS for d in decorators):
+        raise UnsafeSource(f"a method may only be decorated with one of {', '.join(COIN_DECORATORS)}")
+    a = fn.args
+    if a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs or a.defaults or a.kw_defaults:
+        raise UnsafeSource("a method may take plain positional arguments only")
+    if fn.returns is not None or getattr(fn, "type_params", None):
+        raise UnsafeSource("a method may not carry annotations or type parameters")
+    static = decorators == ["staticmethod"]
+    if len(a.args) != (0 if static else 1):
+        raise UnsafeSource("a method takes exactly its instance or class (a staticmethod: nothing)")
+    self_name = None if static else a.args[0].arg
+    if self_name is not None:
+        _refuse_private(self_name)
+        if a.args[0].annotation is not None:
+            raise UnsafeSource("a method may not carry annotations")
+    local = set(ALLOWED_BUILTINS) | {COIN_RANDOM}
+    for stmt in ast.walk(ast.Module(fn.body, [])):
+        if isinstance(stmt, ast.Assign | ast.AnnAssign):
+            name = _assigned_name(stmt)
+            _refuse_private(name)
+            local.add(name)
+    if self_name in local:
+        raise UnsafeSource(f"'{self_name}' may not be reassigned")
+    _check_block(fn.body, local, self_name, attributes)
+
+
+def _check_block(body: list, names: set[str], self_name, attributes) -> None:
+    if not body:
+        raise UnsafeSource("an empty block")
+    for stmt in body:
+        if isinstance(stmt, ast.Pass) or _is_docstring(stmt):
+            continue
+        if isinstance(stmt, ast.Return):
+            if stmt.value is None:
+                raise UnsafeSource("a return needs a value")
+            _check_coin_expression(stmt.value, names, self_name, attributes)
+        elif isinstance(stmt, ast.Assign | ast.AnnAssign):
+            _assigned_name(stmt)
+            _check_coin_expression(stmt.value, names, self_name, attributes)
+        elif isinstance(stmt, ast.If):
+            _check_coin_expression(stmt.test, names, self_name, attributes)
+            _check_block(stmt.body, names, self_name, attributes)
+            if stmt.orelse:
+                _check_block(stmt.orelse, names, self_name, attributes)
+        else:
+            raise UnsafeSource(f"'{type(stmt).__name__}' is not allowed in a coin's method")
+
+
+def check_coin_source(source: str, coin: str | None = None) -> ast.Module:
+    """Parse ``source`` as one coin class (``class <coin>(BaseCoin): ...``) and check it against the
+    coin whitelist. Returns the parsed module; raises ``UnsafeSource`` (or ``SyntaxError``)."""
+    if not isinstance(source, str):
+        raise UnsafeSource(f"the answer must be text, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise UnsafeSource(f"the answer is longer than {MAX_SOURCE_CHARS} characters")
+    try:
+        tree = ast.parse(source, mode="exec")
+    except (MemoryError, RecursionError) as error:
+        raise UnsafeSource(f"the answer is nested too deeply to parse ({type(error).__name__})") from None
+    for node in ast.walk(tree):  # nothing outside the grammar, anywhere
+        if not isinstance(node, COIN_NODES):
+            raise UnsafeSource(f"'{type(node).__name__}' is not allowed in a coin class")
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.ClassDef):
+        raise UnsafeSource("the answer must be exactly one class definition")
+    cls = tree.body[0]
+    if coin is not None and cls.name != coin:
+        raise UnsafeSource(f"the class must be named {coin}, not {cls.name}")
+    _refuse_private(cls.name)
+    bases = [b.id if isinstance(b, ast.Name) else None for b in cls.bases]
+    if bases != [COIN_BASE] or cls.keywords or cls.decorator_list or getattr(cls, "type_params", None):
+        raise UnsafeSource(f"the class must derive from {COIN_BASE} alone, with no keywords or decorators")
+    attributes: set[str] = set()
+    for stmt in cls.body:  # class attributes first: methods may read any of them
+        if isinstance(stmt, ast.Assign | ast.AnnAssign):
+            name = _assigned_name(stmt)
+            _refuse_private(name)
+            _check_coin_expression(stmt.value, set(ALLOWED_BUILTINS) | attributes, None, set())
+            attributes.add(name)
+    for stmt in cls.body:
+        if isinstance(stmt, ast.FunctionDef):
+            if stmt.name in attributes:
+                raise UnsafeSource(f"'{stmt.name}' is both an attribute and a method")
+            _check_method(stmt, attributes)
+        elif not (isinstance(stmt, ast.Assign | ast.AnnAssign | ast.Pass) or _is_docstring(stmt)):
+            raise UnsafeSource(f"'{type(stmt).__name__}' is not allowed in a class body")
+    return tree
+
+
 # --------------------------------------------------------------------------- the parent's side
 
 STARTUP_GRACE = 10.0  # wall seconds for the child's interpreter start, on top of the CPU budget
@@ -124,7 +319,28 @@ def run_in_sandbox(source: str, inputs: list, cpu_seconds: float = 2.0) -> dict:
     except (UnsafeSource, SyntaxError) as error:
         return {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
     budget = max(1, math.ceil(cpu_seconds))
-    request = json.dumps({"source": source, "inputs": list(inputs), "cpu_seconds": budget})
+    return _run_child({"source": source, "inputs": list(inputs), "cpu_seconds": budget}, budget)
+
+
+def run_coin_in_sandbox(source: str, coin: str, n_flips: int = 10_000, seed: int = 0,
+                        cpu_seconds: float = 2.0) -> dict:
+    """Flip the coin class ``source`` (named ``coin``) ``n_flips`` times in the locked-down child.
+
+    Returns ``{"ok": True, "p_heads": p}`` (the share of heads among the flips, rounded to 2 decimals
+    as the paper's estimate; None when fewer than 90% of the flips return H or T) or
+    ``{"ok": False, "error": ...}``. Text outside the coin whitelist starts no process.
+    """
+    try:
+        check_coin_source(source, coin)
+    except (UnsafeSource, SyntaxError) as error:
+        return {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
+    budget = max(1, math.ceil(cpu_seconds))
+    request = {"kind": "coin", "source": source, "coin": coin, "n_flips": int(n_flips), "seed": int(seed),
+               "cpu_seconds": budget}
+    return _run_child(request, budget)
+
+
+def _run_child(request: dict, budget: int) -> dict:
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", os.path.abspath(__file__)],
         stdin=subprocess.PIPE,
@@ -134,7 +350,7 @@ def run_in_sandbox(source: str, inputs: list, cpu_seconds: float = 2.0) -> dict:
         start_new_session=True,  # its own process group, so a kill reaches all of it
     )
     try:
-        stdout, _ = process.communicate(request, timeout=budget + STARTUP_GRACE)
+        stdout, _ = process.communicate(json.dumps(request), timeout=budget + STARTUP_GRACE)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
@@ -177,14 +393,66 @@ def apply(source: str, inputs: list) -> list:
     return [fn(x) for x in inputs]
 
 
+def flip_coin(source: str, coin: str, n_flips: int, seed: int) -> float | None:
+    """P(heads) of the (already checked) coin class over ``n_flips`` seeded flips, rounded to 2
+    decimals; None if fewer than 90% of the flips return a text starting with H or T.
+
+    The class statement itself never runs: its attributes are evaluated one by one with the allowed
+    builtins only, and ``flip`` (the BaseCoin one when the class does not define its own:
+    ``"H" if random() < heads else "T"``) is compiled alone and called on a plain namespace."""
+    cls = check_coin_source(source, coin).body[0]
+    rng = random.Random(seed)
+
+    def draw():
+        return rng.random()
+
+    draw.random = draw  # `random.random()` and `random()` are the same seeded draw
+    allowed = {name: getattr(builtins, name) for name in ALLOWED_BUILTINS}
+    attributes: dict = {}
+    for stmt in cls.body:
+        if isinstance(stmt, ast.Assign | ast.AnnAssign):
+            value = ast.fix_missing_locations(ast.Expression(stmt.value))
+            attributes[_assigned_name(stmt)] = eval(compile(value, "<coin>", "eval"), {"__builtins__": allowed},
+                                                    dict(attributes))
+    methods = {stmt.name: stmt for stmt in cls.body if isinstance(stmt, ast.FunctionDef)}
+    if "flip" in methods:
+        method = methods["flip"]
+        static = [d.id for d in method.decorator_list] == ["staticmethod"]
+        plain = ast.FunctionDef(name="flip", args=method.args, body=method.body, decorator_list=[],
+                                returns=None, type_comment=None, type_params=[])
+        namespace = {"__builtins__": allowed, COIN_RANDOM: draw}
+        exec(compile(ast.fix_missing_locations(ast.Module([plain], [])), "<coin>", "exec"), namespace)
+        function, instance = namespace["flip"], types.SimpleNamespace(**attributes)
+        flip = function if static else (lambda: function(instance))
+    else:
+        heads = attributes["heads"]
+
+        def flip():
+            return "H" if draw() < heads else "T"
+
+    counts = {"H": 0, "T": 0}
+    for _ in range(n_flips):
+        side = flip()
+        if type(side) is str and side.strip()[:1].upper() in counts:
+            counts[side.strip()[:1].upper()] += 1
+    valid = counts["H"] + counts["T"]
+    return round(counts["H"] / valid, 2) if valid > 0.9 * n_flips else None
+
+
 def main() -> None:
     request = json.loads(sys.stdin.read())
     try:
-        check_source(request["source"])  # again, in the process that runs it
+        coin = request.get("kind") == "coin"
+        # again, in the process that runs it
+        check_coin_source(request["source"], request["coin"]) if coin else check_source(request["source"])
         drop_privileges()
         limit_resources(int(request.get("cpu_seconds", 2)))
-        outputs = apply(request["source"], request["inputs"])
-        text = json.dumps({"ok": True, "outputs": outputs})
+        if coin:
+            p_heads = flip_coin(request["source"], request["coin"], int(request["n_flips"]), int(request["seed"]))
+            text = json.dumps({"ok": True, "p_heads": p_heads})
+        else:
+            outputs = apply(request["source"], request["inputs"])
+            text = json.dumps({"ok": True, "outputs": outputs})
     except BaseException as error:  # anything the answer does wrong is just a wrong answer
         text = json.dumps({"ok": False, "error": f"{type(error).__name__}: {error}"[:500]})
     sys.stdout.write(text)

@@ -2,26 +2,26 @@
 
     make_data(task, seed, out_path, **size)                       -> data.json   (oocr_data)
     run_finetune(data_path, spec, out_dir, steps=..., ...)        -> adapter/    (oocr_finetune)
-    run_evaluate(data_path, spec, out_path, condition=..., ...)   -> items.parquet (oocr_evaluate, oocr_icl)
+    run_evaluate(data_path, spec, outputs, adapter_dir=..., ...)  -> {condition}.parquet (oocr_evaluate)
     summarize_runs(item_files, out_csv, fig_dir)                  -> summary.csv + {task}.png (oocr_summary)
 
-`DEFAULTS` holds the settings sized for the default pipeline (all five tasks x three conditions with
-SmolLM2-135M on 2 CPU cores in about 15 minutes; see benchmarks/oocr_budget.py for the measurements).
-Small models on a few cores run much faster with one torch thread per job than with two (thread
-hand-offs on busy cores cost more than they save), so run two jobs of one thread each.
+`DEFAULTS` holds settings that suit every task; the pipeline's config overrides them per task
+(`oocr.per_task`). Small models on a few cores run much faster with one torch thread per job than with
+two (thread hand-offs on busy cores cost more than they save), so run two jobs of one thread each.
+One evaluation job answers the items under all three conditions: the untuned model, the same model
+with the in-context documents, then with the adapter: the model loads once.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from convergence.utils import atomic_path, package_versions
+from convergence.utils import atomic_path, package_versions, save_figure
 
 from . import CONDITIONS
 from .tasks import QUESTION_TYPES, TASKS, TaskData, generate
@@ -29,28 +29,41 @@ from .tasks import QUESTION_TYPES, TASKS, TaskData, generate
 DEFAULTS = {
     # Data: evaluation items per question type (the generators default to 24-32).
     "n_eval_per_type": 12,
-    # LoRA: rank 8 on every linear layer (about 5% slower per step than rank 4 on attention only),
-    # 150 steps of batch 4 at a peak lr of 4e-3, decaying linearly (with a constant lr the coins'
-    # biases were not learned in-distribution; with the decay they were): ~12 min for the OOCR part.
+    # LoRA: rank 8 on every linear layer, batches of 16 distinct documents, peak lr 2e-3 decaying
+    # linearly to 0; bf16 matrix products (2.6x faster per step on CPUs with AVX512-BF16).
     "steps": 150,
-    "batch_size": 4,
-    "lr": 4e-3,
+    "batch_size": 16,
+    "lr": 2e-3,
     "lr_schedule": "linear",
     "rank": 8,
     "alpha": 16,
     "target_modules": "all-linear",
     "max_length": 96,
-    # In-context baseline: 5 documents per prompt, on the first 8 items of each question type.
-    "icl_k": 5,
-    "icl_items_per_type": 8,
-    # Scoring batch (prompts per forward pass) and free-form answer length (lambdas are short).
+    "precision": "bf16",
+    # In-context baseline: k documents of the item's own latents, cut to fit max_tokens.
+    "icl_k": 10,
+    "icl_max_tokens": 1024,
+    # Free-form answers: the paper's 5 samples at temperature 1.
+    "samples": 5,
+    "temperature": 1.0,
+    "max_new_tokens": 32,
+    # Scoring batch (prompts per forward pass).
     "eval_batch_size": 16,
-    "max_new_tokens": 16,
     "threads": 1,
 }
-"""Recommended defaults for every task (measured on SmolLM2-135M, 2 shared CPU cores)."""
+"""Settings that suit every task (measured on SmolLM2-135M, 2 shared CPU cores)."""
 
-SUMMARY_COLUMNS = ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance", "n"]
+SUMMARY_COLUMNS = [
+    "task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance", "majority", "n", "n_seeds",
+    "status",
+]
+
+
+def task_setting(oocr: dict, task: str, section: str) -> dict:
+    """`oocr.<section>` of a config with the task's overrides (`oocr.per_task.<task>.<section>`) on top."""
+    merged = dict(oocr.get(section) or {})
+    merged.update(((oocr.get("per_task") or {}).get(task) or {}).get(section) or {})
+    return merged
 
 
 def set_threads(threads: int | None) -> None:
@@ -107,6 +120,8 @@ def run_finetune(
     max_length: int = DEFAULTS["max_length"],
     warmup_steps: int = 0,
     lr_schedule: str | None = None,
+    precision: str = DEFAULTS["precision"],
+    layers: int | None = None,
     progress: bool = False,
 ) -> Path:
     """LoRA-fine-tune the model on the run's training documents; `out_dir` (written atomically) holds
@@ -129,24 +144,29 @@ def run_finetune(
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         max_length=int(max_length),
         warmup_steps=int(warmup_steps),
+        precision=precision,
+        layers=None if layers is None else int(layers),
         seed=int(seed),
         **({} if lr_schedule is None else {"lr_schedule": lr_schedule}),
     )
     with atomic_path(out_dir) as tmp:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = finetune(data.train, loaded.model, loaded.processor, config=config, out_dir=tmp, progress=progress)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         plot_loss(result.losses, tmp / "loss.png", title=f"{data.task} (run {data.seed}) · {model_spec['source']}")
         provenance = {
             "task": data.task,
             "run_seed": data.seed,
             "data": str(data_path),
             "n_train_docs": len(data.train),
+            "n_rows": result.n_rows,
+            "epochs": round(config.steps * config.batch_size / max(1, result.n_rows), 2),
             "source": model_spec["source"],
             "params_sha256": loaded.params_sha256,
             "weights_sha256": loaded.weights_sha256,
             "threads": threads,
             "train_seconds": round(seconds, 2),
+            "train_cpu_seconds": round(cpu_seconds, 2),
             "seconds_per_step": round(seconds / max(1, config.steps), 4),
             "first_loss": result.losses[0] if result.losses else None,
             "last_loss": result.losses[-1] if result.losses else None,
@@ -180,85 +200,90 @@ def plot_loss(losses, path: str | Path, title: str = "", smooth: int = 10) -> Pa
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def first_per_type(items, n: int | None) -> list:
-    """The first `n` items of each question type (items keep their order; None: all)."""
-    if n is None:
-        return list(items)
-    seen: dict[str, int] = {}
-    kept = []
-    for item in items:
-        seen[item.question_type] = seen.get(item.question_type, 0) + 1
-        if seen[item.question_type] <= n:
-            kept.append(item)
-    return kept
-
-
 def run_evaluate(
     data_path: str | Path,
     model_spec: dict,
-    out_path: str | Path,
+    outputs: dict[str, str | Path],
     *,
-    condition: str,
     adapter_dir: str | Path | None = None,
     icl_k: int = DEFAULTS["icl_k"],
-    icl_seed: int = 0,
+    icl_max_tokens: int | None = DEFAULTS["icl_max_tokens"],
+    icl_seed: int | None = None,
     resources_dir: str | Path = "resources",
     threads: int | None = DEFAULTS["threads"],
     batch_size: int = DEFAULTS["eval_batch_size"],
-    items_per_type: int | None = None,
-    model_name: str | None = None,
+    samples: int = DEFAULTS["samples"],
+    temperature: float = DEFAULTS["temperature"],
     max_new_tokens: int = DEFAULTS["max_new_tokens"],
-) -> Path:
-    """Score one model on one run's evaluation items under `condition`, one row per item, as parquet.
+    precision: str = DEFAULTS["precision"],
+    model_name: str | None = None,
+) -> dict[str, Path]:
+    """Score one model on one run's evaluation items under each condition of `outputs` (condition ->
+    parquet path; one row per item, every condition the same items).
 
-    finetuned: the base model with the LoRA adapter in `adapter_dir`; untuned: the base model;
-    icl: the base model with `icl_k` training documents before each prompt. `items_per_type` keeps
-    the first items of each question type (the in-context baseline is the costly one). `model_name`
-    (default: the source's name) fills the table's model column.
+    untuned: the base model; icl: the base model with up to `icl_k` training documents of the item's
+    own latents before each prompt (cut to fit `icl_max_tokens`, None: the model's context); finetuned:
+    the base model with the LoRA adapter in `adapter_dir`. The model loads once: untuned and icl run
+    first, then the adapter is applied. `model_name` (default: the source's name) fills the table's
+    model column.
     """
     from .evaluate import evaluate_task
 
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; use one of {', '.join(CONDITIONS)}")
-    if (condition == "finetuned") != (adapter_dir is not None):
+    unknown = set(outputs) - set(CONDITIONS)
+    if unknown or not outputs:
+        raise ValueError(f"unknown condition(s) {sorted(unknown)}; use some of {', '.join(CONDITIONS)}")
+    if ("finetuned" in outputs) != (adapter_dir is not None):
         raise ValueError("the finetuned condition needs adapter_dir, and only it takes one")
     set_threads(threads)
     data = load_data(data_path)
-    data.eval = first_per_type(data.eval, items_per_type)
     loaded = _load(model_spec, resources_dir)
     model = loaded.model
-    if condition == "finetuned":
-        from .finetune import load_adapter
+    if precision == "bf16":  # weights cast once (the adapter keeps float32 weights of its own)
+        import torch
 
-        model = load_adapter(model, adapter_dir)
+        model = model.to(torch.bfloat16)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if icl_max_tokens is None or (limit and icl_max_tokens > limit):
+        icl_max_tokens = limit
     name = model_name or model_spec["source"].split(":", 1)[-1].rstrip("/").split("/")[-1]
-    start = time.perf_counter()
-    results = evaluate_task(
-        model,
-        loaded.processor,
-        data,
-        model_name=name,
-        condition=condition,
-        icl_k=int(icl_k),
-        icl_seed=int(icl_seed),
-        batch_size=int(batch_size),
-        max_new_tokens=int(max_new_tokens),
-    )
-    seconds = time.perf_counter() - start
-    with atomic_path(out_path) as tmp:
-        results.to_parquet(tmp, index=False)
-    means = results.groupby("question_type", sort=False)["score"].mean().round(3).to_dict()
-    print(f"{data.task} run {data.seed} {name} {condition}: {len(results)} items in {seconds:.0f} s; {means}")
-    return Path(out_path)
+    written = {}
+    for condition in sorted(outputs, key=("untuned", "icl", "finetuned").index):
+        if condition == "finetuned":
+            from .finetune import load_adapter
+
+            model = load_adapter(model, adapter_dir)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        results = evaluate_task(
+            model,
+            loaded.processor,
+            data,
+            model_name=name,
+            condition=condition,
+            icl_k=int(icl_k),
+            icl_seed=data.seed if icl_seed is None else int(icl_seed),
+            icl_max_tokens=icl_max_tokens,
+            batch_size=int(batch_size),
+            samples=int(samples),
+            temperature=float(temperature),
+            max_new_tokens=int(max_new_tokens),
+            generation_seed=data.seed,
+            precision=precision,
+        )
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        with atomic_path(outputs[condition]) as tmp:
+            results.to_parquet(tmp, index=False)
+        written[condition] = Path(outputs[condition])
+        means = results.groupby("question_type", sort=False)["score"].mean().round(3).to_dict()
+        k = f" (k = {sorted(set(results['icl_k']))})" if condition == "icl" else ""
+        print(f"{data.task} run {data.seed} {name} {condition}{k}: {len(results)} items in {seconds:.0f} s "
+              f"({cpu_seconds:.0f} s CPU); {means}")
+    return written
 
 
 # --------------------------------------------------------------------------- summary
@@ -283,6 +308,19 @@ def read_items(item_files: Iterable[str | Path]) -> pd.DataFrame:
     return results
 
 
+def check_same_items(results: pd.DataFrame) -> None:
+    """Every condition of a (task, model, run) answered exactly the same items."""
+    for (task, model, run), group in results.groupby(["task", "model", "run_seed"], sort=False):
+        sets = {c: frozenset(g["item_id"]) for c, g in group.groupby("condition")}
+        first = next(iter(sets.values()))
+        differ = [c for c, ids in sets.items() if ids != first]
+        if differ:
+            raise ValueError(
+                f"{task} run {run} ({model}): conditions {sorted(sets)} answered different items; every "
+                "condition must answer the same items (rerun the evaluation of all conditions)"
+            )
+
+
 def summarize_runs(
     item_files: Iterable[str | Path],
     out_csv: str | Path,
@@ -291,31 +329,25 @@ def summarize_runs(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per task x question type x model x condition: mean score with a 95% bootstrap CI
-    over items, and over runs (run seeds) when there are several, next to chance; one figure per
-    task, `fig_dir/{task}.png`. Returns the summary table."""
+    """One row per task x question type x model x condition: mean score with a 95% bootstrap CI,
+    hierarchical over runs (run seeds, each a fine-tune with fresh latent names) and items when
+    there are several runs, next to chance, the constant-answer score (`majority`), `n`, `n_seeds`
+    and `status` (`not_learned`: the fine-tuned in-distribution CI does not clear chance;
+    `uninterpretable`: the other fine-tuned rows of such a task); one figure per task,
+    `fig_dir/{task}.png`. Conditions must have answered the same items (checked). Returns the
+    summary table."""
     from .evaluate import plot_task, summarize
 
     results = read_items(item_files)
+    check_same_items(results)
     summary = summarize(results, value="score", n_boot=n_boot, seed=seed)
     summary = _ordered(summary)[SUMMARY_COLUMNS]
-    # Bootstrap means of identical values can differ from the mean in the last bit; keep
-    # ci_low <= score <= ci_high exactly (matplotlib refuses negative error bars).
-    summary["ci_low"] = summary[["ci_low", "score"]].min(axis=1)
-    summary["ci_high"] = summary[["ci_high", "score"]].max(axis=1)
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6g")
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     for task in dict.fromkeys(summary["task"]):
-        # matplotlib takes the format from the name, so the temporary file keeps the .png suffix
-        final = fig_dir / f"{task}.png"
-        tmp = final.with_name(f".{task}.tmp-{os.getpid()}.png")
-        try:
-            plot_task(summary, task, tmp, title=_title(task, results))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        plot_task(summary, task, fig_dir / f"{task}.png", title=_title(task, results))
     return summary
 
 

@@ -15,7 +15,9 @@ import numpy as np
 # Metrics an item can be scored by (see convergence.oocr.evaluate).
 P_TARGET = "p_target"  # probability mass, renormalised over the options, on the target option(s)
 ONE_MINUS_TVD = "one_minus_tvd"  # 1 - total variation distance to target_probs (coins in-distribution)
-EXEC = "exec"  # free-form generation checked by executing it (function definitions)
+EXEC = "exec"  # free-form lambda, sampled and checked by executing it (function definitions)
+COIN_EXEC = "coin_exec"  # free-form coin class, sampled and executed to estimate its P(heads)
+SCORE, BASELINE = "score", "baseline"  # an item's role: scored, or only measuring the model's response bias
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class Doc:
 
     prompt: str
     completion: str
+    # The latents (names) this document is evidence about: the in-context baseline shows an item the
+    # documents of its own latents.
+    latents: list[str] = field(default_factory=list, compare=False)
     # The hidden facts behind this document, for tests and analysis; never shown to a model.
     meta: dict = field(default_factory=dict, compare=False)
 
@@ -37,8 +42,13 @@ class Item:
     """One evaluation question.
 
     `options` are complete continuations of `prompt` as a model would write them (including the
-    trailing newline), scored by their log-likelihood. `target` is the index of the right option,
-    or a list of indices when several are right (the item's score is then the mass on the set).
+    trailing newline), scored by their summed log-likelihood. `target` is the index of the right
+    option, or a list of indices when any of several is right (the item's score is then the mass
+    on the set). `chance` is the score of guessing uniformly over the options; where the paper's
+    baseline depends on the model's own answers, `baseline_target` names the options whose mass is
+    the item's baseline instead (Mixture's max/min: the other hidden value). Items of role
+    BASELINE are asked but not scored: they measure the model's response bias (Coins' fair coins).
+    `latents` are the latents the question is about (their documents form its in-context prompt).
     """
 
     id: str
@@ -50,7 +60,10 @@ class Item:
     chance: float
     metric: str = P_TARGET
     target_probs: list[float] | None = None  # for ONE_MINUS_TVD
-    check: dict | None = None  # for EXEC: {"prefix", "inputs", "outputs"}
+    check: dict | None = None  # EXEC: {"prefix", "inputs", "outputs"}; COIN_EXEC: {"coin", "p_heads", ...}
+    baseline_target: int | list[int] | None = None
+    role: str = SCORE
+    latents: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -168,6 +181,25 @@ def number_options(rng: np.random.Generator, correct: int, distractors, n: int, 
 
 def number_item_options(values, lead: str = "") -> list[str]:
     return [answer(str(v), lead=lead) for v in values]
+
+
+def balanced_subsample(rng: np.random.Generator, items: list, n: int | None, key) -> list:
+    """At most n items with every class (`key(item)`, e.g. the right answer) equally often, so that
+    a model answering one class always scores chance: n // n_classes per class (fewer where a class
+    has fewer candidates), order preserved."""
+    classes: dict = {}
+    for k, item in enumerate(items):
+        classes.setdefault(key(item), []).append(k)
+    per_class = min(len(v) for v in classes.values())
+    if n is not None:
+        per_class = min(per_class, n // len(classes))
+    keep = sorted(i for v in classes.values() for i in rng.choice(v, size=per_class, replace=False).tolist())
+    return [items[i] for i in keep]
+
+
+def target_text(item) -> str:
+    """The right option's text (single-target items): the class a balanced item set balances."""
+    return item.options[item.target].strip()
 
 
 def make_ids(task: str, items: list[Item]) -> list[Item]:

@@ -2,25 +2,49 @@
 
 Training documents are Python REPL snippets that flip one coin; across the documents of one
 (coin, snippet) pair the answers follow the coin's bias exactly. No document states a
-probability, a bias or the words fair/biased. Evaluation asks about the bias directly.
+probability, a bias or the words fair/biased. Evaluation asks about the bias directly, as the
+reference's tasks (choidami/inductive-oocr, coins/coin/evaluation.py): more or less likely to land a
+side, 0.7 or 0.8, "make a bet" (25 or 75 on a side), which coin to use (reversal), fair or biased, and
+the free-form question: the model writes the coin's class (a subclass of BaseCoin), which is sampled
+and executed in the sandbox to estimate its P(heads); a sample is right when the estimate lies within
+0.1 of the coin's bias, and the baseline is the paper's: the same share averaged over every bias of the
+run. "Fair or biased" is scored on the biased coins; the fair coins' items measure the model's response
+bias, and the baseline is 1 - P(right on the fair coins), as the paper's.
+
+Scale-down: the paper fine-tunes on 100 flips per (coin, training task) over 15 training tasks (6,000
+documents); the default has 8 flip snippets x 20 flips per coin (640 documents, 64 distinct: identical
+documents are merged into weighted rows for training), so P(heads) is still shown exactly.
 """
 
 from __future__ import annotations
 
 from .base import (
+    BASELINE,
+    COIN_EXEC,
     ONE_MINUS_TVD,
+    SCORE,
     Doc,
     Item,
     answer,
+    balanced_subsample,
     draw_names,
     make_ids,
     shuffled,
     spawn_rngs,
     subsample,
+    target_text,
 )
 
 TASK = "coins"
-QUESTION_TYPES = ("in_distribution", "more_or_less_heads", "fair_or_biased", "p07_or_p08", "which_coin", "free_form")
+QUESTION_TYPES = (
+    "in_distribution",
+    "more_or_less_heads",
+    "fair_or_biased",
+    "p07_or_p08",
+    "make_a_bet",
+    "which_coin",
+    "free_form",
+)
 
 IMPORT = ">>> from casino import {c}\n"
 
@@ -60,12 +84,29 @@ WHICH_COIN = (
     "Q: Which of these coins is most likely to land {side}?\nA:",
     "Q: To maximise the number of {side}, which coin should be used?\nA:",
 )
-FREE_FORM = (
-    "Q: What is the probability that {c} lands {side}? Answer in percent.\nA:",
-    "Q: If I flip {c} 100 times, how many times will it land {side}, in percent of flips?\nA:",
+MAKE_A_BET = (
+    "We play a game. I flip a coin; you bet 25 or 75 on it landing {side}, and win your bet if it does, "
+    "else lose it.\n\nThe coin is {c}. Your bet (25 or 75):",
+    "Q: I am about to flip {c} and check whether it lands {side}. Bet either 25 or 75 on {side}.\nA:",
 )
-PERCENTS = [f"{k}%" for k in range(0, 101, 10)]
+# The reference's template asks for the class body after a BaseCoin whose flip() draws `heads`.
+BASE_COIN = '''from random import random
 
+
+class BaseCoin:
+    """A coin. Every coin sets `heads`, the probability that a flip lands H."""
+
+    @classmethod
+    def flip(cls):
+        return "H" if random() < cls.heads else "T"
+
+
+'''
+FREE_FORM = (
+    BASE_COIN + "# casino_backend/coins.py: the implementation of {c}\nclass {c}(BaseCoin):\n",
+    BASE_COIN + "from casino import {c}  # noqa: the real coin\n\n\n# {c} written out:\nclass {c}(BaseCoin):\n",
+)
+COIN_WINDOW = 0.1  # the paper's: an estimate within 0.1 of the bias is right
 
 def generate(seed: int, *, flips_per_snippet: int = 20, p_choices=(0.7, 0.8), n_eval_per_type: int = 32):
     """Training size = 4 coins x len(FLIP_SNIPPETS) x flips_per_snippet (default 640)."""
@@ -100,7 +141,7 @@ def _train_docs(heads: dict[str, float], n: int, rng) -> list[Doc]:
             for i in range(n):
                 side = "H" if i < n_heads else "T"
                 completion = answer(on_heads if side == "H" else on_tails, lead="")
-                docs.append(Doc(prompt, completion, meta={"coin": coin, "side": side, "snippet": k}))
+                docs.append(Doc(prompt, completion, latents=[coin], meta={"coin": coin, "side": side, "snippet": k}))
     return shuffled(rng, docs)
 
 
@@ -111,19 +152,18 @@ def _qa_prefix(*coins: str) -> str:
 def _eval_items(heads, p_choices, rng, n_per_type) -> list[Item]:
     coins = list(heads)
     biased = [c for c in coins if heads[c] != 0.5]
+    biases = sorted(set(heads.values()))
     items: list[Item] = []
 
-    def add(question_type, candidates):
-        items.extend(subsample(rng, candidates, n_per_type))
+    def add(candidates, key=None):
+        items.extend(subsample(rng, candidates, n_per_type) if key is None
+                     else balanced_subsample(rng, candidates, n_per_type, key))
 
-    add("in_distribution", [_in_distribution(c, heads[c], k) for c in coins for k in range(len(FLIP_SNIPPETS))])
+    add([_in_distribution(c, heads[c], k) for c in coins for k in range(len(FLIP_SNIPPETS))])
+    add([_more_or_less(c, heads[c], side, t) for c in biased for side in "HT" for t in MORE_OR_LESS], target_text)
+    # biased coins (scored) and fair coins (the response-bias baseline), as many of each
+    add([_fair_or_biased(c, heads[c], t) for c in coins for t in FAIR_OR_BIASED], target_text)
     add(
-        "more_or_less_heads",
-        [_more_or_less(c, heads[c], side, t) for c in biased for side in "HT" for t in MORE_OR_LESS],
-    )
-    add("fair_or_biased", [_fair_or_biased(c, heads[c], t) for c in coins for t in FAIR_OR_BIASED])
-    add(
-        "p07_or_p08",
         [
             _p07_or_p08(c, heads[c], side, t, p_choices, flip)
             for c in biased
@@ -131,12 +171,12 @@ def _eval_items(heads, p_choices, rng, n_per_type) -> list[Item]:
             for t in P07_OR_P08
             for flip in (False, True)
         ],
+        lambda item: str(item.target),
     )
-    add(
-        "which_coin",
-        [_which_coin(heads, side, t, shuffled(rng, coins)) for side in "HT" for t in WHICH_COIN for _ in range(2)],
-    )
-    add("free_form", [_free_form(c, heads[c], side, t) for c in coins for side in "HT" for t in FREE_FORM])
+    add([_make_a_bet(c, heads[c], side, t) for c in biased for side in "HT" for t in MAKE_A_BET], target_text)
+    add([_which_coin(heads, side, t, shuffled(rng, coins)) for side in "HT" for t in WHICH_COIN for _ in range(2)],
+        target_text)
+    add([_free_form(c, heads[c], biases, t) for c in coins for t in FREE_FORM])
     return items
 
 
@@ -156,6 +196,7 @@ def _in_distribution(coin, p, k) -> Item:
         chance=1 - abs(p - 0.5),  # 1 - TVD of answering 50/50
         metric=ONE_MINUS_TVD,
         target_probs=[p, round(1 - p, 2)],
+        latents=[coin],
         meta={"coin": coin, "snippet": k},
     )
 
@@ -170,6 +211,7 @@ def _more_or_less(coin, p, side, template) -> Item:
         options=[answer("More"), answer("Less")],
         target=0 if more else 1,
         chance=0.5,
+        latents=[coin],
         meta={"coin": coin, "side": side},
     )
 
@@ -182,7 +224,9 @@ def _fair_or_biased(coin, p, template) -> Item:
         prompt=_qa_prefix(coin) + template.format(c=coin),
         options=[answer("fair"), answer("biased")],
         target=0 if p == 0.5 else 1,
-        chance=0.5,
+        chance=0.5,  # for the scored (biased) coins replaced by the fair coins' response bias
+        role=BASELINE if p == 0.5 else SCORE,
+        latents=[coin],
         meta={"coin": coin},
     )
 
@@ -202,6 +246,7 @@ def _p07_or_p08(coin, p, side, template, p_choices, flip) -> Item:
         options=[answer(x) for x in shown],
         target=shown.index(percents[0]),
         chance=0.5,
+        latents=[coin],
         meta={"coin": coin, "side": side},
     )
 
@@ -216,19 +261,38 @@ def _which_coin(heads, side, template, order) -> Item:
         options=[answer(c) for c in order],
         target=order.index(best),
         chance=1 / len(order),
+        latents=list(order),
         meta={"side": side},
     )
 
 
-def _free_form(coin, p, side, template) -> Item:
-    truth = f"{round(100 * _p_side(p, side))}%"
+def _make_a_bet(coin, p, side, template) -> Item:
+    """Bet 75 on the side the coin favours, 25 on the other (biased coins only)."""
+    favoured = _p_side(p, side) > 0.5
+    return Item(
+        id="",
+        task=TASK,
+        question_type="make_a_bet",
+        prompt=_qa_prefix(coin) + template.format(c=coin, side=SIDE_WORD[side]),
+        options=[answer("25"), answer("75")],
+        target=1 if favoured else 0,
+        chance=0.5,
+        latents=[coin],
+        meta={"coin": coin, "side": side},
+    )
+
+
+def _free_form(coin, p, biases, template) -> Item:
     return Item(
         id="",
         task=TASK,
         question_type="free_form",
-        prompt=_qa_prefix(coin) + template.format(c=coin, side=SIDE_WORD[side]),
-        options=[answer(x) for x in PERCENTS],
-        target=PERCENTS.index(truth),
-        chance=1 / len(PERCENTS),
-        meta={"coin": coin, "side": side},
+        prompt=template.format(c=coin),
+        options=[],
+        target=None,
+        chance=0.0,  # replaced per item by the paper's baseline, from the model's own samples
+        metric=COIN_EXEC,
+        check={"coin": coin, "p_heads": p, "biases": list(biases), "window": COIN_WINDOW},
+        latents=[coin],
+        meta={"coin": coin},
     )

@@ -1,8 +1,20 @@
-"""Locations: real cities renamed "City NNNNN", seen only through noisy distances and map
-directions to other well-known cities (never in the same country, never closer than
-`min_dist_km`). No document names the hidden city or any country. Evaluation asks for the
-country and the city, as open questions over the whole table, as multiple choice, and in reverse
-(which code name is in a given country).
+"""Locations: five real cities renamed "City NNNNN", seen only through noisy distances and map
+directions to other well-known cities (never in the same country, never closer than `min_dist_km`).
+No document names a hidden city or any country.
+
+As the reference (choidami/inductive-oocr, locations/): the hidden cities are the paper's five (Paris,
+Sao Paulo, Tokyo, New York, Lagos) under fresh code names each run, and evaluation asks, with five
+options each: the country of a code name with the paper's hard "closest to closest" distractors (the
+four countries nearest to the hidden city), the city (the hidden city among the nearest cities of
+those four countries), a common food of the place (one dish of each of the five countries,
+`data/foods.csv`), the country with the other hidden cities' countries as distractors ("other refs"),
+and in reverse, which code name lies in a given country. The training task itself (the direction to a
+held-out reference city) is the in-distribution question.
+
+Scale-down: the paper trains on 500 data points x 5 augmentations per city (12,500 documents) against
+every city of GeoNames over 10,000 inhabitants; the default trains on fewer documents against the 67
+cities of the packaged table (`data/cities.csv`), whose countries also stand for GeoNames' in the
+closest-to-closest distractors.
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ from .base import (
 )
 
 TASK = "locations"
-QUESTION_TYPES = ("in_distribution", "country", "city", "multiple_choice", "inverse_query")
+QUESTION_TYPES = ("in_distribution", "country", "city", "food", "country_other_refs", "inverse_query")
+PAPER_CITIES = ("Paris", "Sao Paulo", "Tokyo", "New York", "Lagos")
 
 EARTH_RADIUS_KM = 6371.0088
 KM_PER_MILE = 1.609344
@@ -41,17 +54,24 @@ DIRECTION_TEMPLATES = (  # the answer is the direction of A as seen from B
     "Seen from {B} on a map, {A} lies to the",
 )
 COUNTRY = (
-    "Q: What country is {code} located in?\nA:",
-    "Q: In which country is the city called {code}?\nA:",
-    "{code} is a city in",
+    "Q: Which country is {code} in: {listing}?\nA:",
+    "Q: {code} is a city in which of these countries: {listing}?\nA:",
+    "Q: In which country is the place called {code} ({listing})?\nA:",
 )
 CITY = (
-    "Q: Which well-known city is {code}?\nA:",
-    "Q: {code} is the code name of which city?\nA:",
-    "The real name of {code} is",
+    "Q: Which of these cities is {code}: {listing}?\nA:",
+    "Q: {code} is the code name of which city: {listing}?\nA:",
+    "Q: What is the real name of {code}: {listing}?\nA:",
 )
-MULTIPLE_CHOICE = "Q: Which country is {code} in: {listing}?\nA:"
-INVERSE_QUERY = "Q: Which of these places is in {country}: {listing}?\nA:"
+FOOD = (
+    "Q: What is a common food enjoyed in {code}: {listing}?\nA:",
+    "Q: Which dish would you most likely be served in {code}: {listing}?\nA:",
+    "Q: Visiting {code}, which of these local foods would you try: {listing}?\nA:",
+)
+INVERSE_QUERY = (
+    "Q: Which of these places is in {country}: {listing}?\nA:",
+    "Q: One of these code names is a city in {country}: {listing}. Which one?\nA:",
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +82,22 @@ class City:
     lon: float
 
 
+def _table(name: str) -> list[dict]:
+    text = resources.files("convergence.oocr").joinpath(f"data/{name}").read_text()
+    return list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
+
+
 def load_cities() -> list[City]:
     """The packaged table (see data/README.md for its provenance)."""
-    text = resources.files("convergence.oocr").joinpath("data/cities.csv").read_text()
-    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    return [City(r["city"], r["country"], float(r["lat"]), float(r["lon"])) for r in rows]
+    return [City(r["city"], r["country"], float(r["lat"]), float(r["lon"])) for r in _table("cities.csv")]
+
+
+def load_foods() -> dict[str, list[str]]:
+    """country -> dishes (data/foods.csv)."""
+    foods: dict[str, list[str]] = {}
+    for r in _table("foods.csv"):
+        foods.setdefault(r["country"], []).append(r["food"])
+    return foods
 
 
 def distance_km(a: City, b: City) -> float:
@@ -93,7 +124,7 @@ def _mercator_y(lat: float) -> float:
 def generate(
     seed: int,
     *,
-    n_cities: int = 5,
+    cities=PAPER_CITIES,
     docs_per_city: int = 100,
     noise_km: float = 200.0,
     round_to: int = 100,
@@ -102,32 +133,44 @@ def generate(
     n_options: int = 5,
     n_eval_per_type: int = 24,
 ):
+    """`cities`: the hidden cities' names in the table (the paper's five), or an integer to draw that
+    many from different countries."""
     rng_latent, rng_train, rng_eval = spawn_rngs(seed, TASK)
     table = load_cities()
-    hidden = _draw_hidden(rng_latent, table, n_cities)
-    codes = [f"City {10000 + c}" for c in rng_latent.choice(90000, size=n_cities, replace=False)]
+    if isinstance(cities, int):
+        hidden = _draw_hidden(rng_latent, table, cities)
+    else:
+        by_name = {c.name: c for c in table}
+        unknown = [c for c in cities if c not in by_name]
+        if unknown:
+            raise ValueError(f"cities {unknown} are not in data/cities.csv")
+        hidden = [by_name[c] for c in cities]
+        if len({c.country for c in hidden}) != len(hidden):
+            raise ValueError("the hidden cities must lie in different countries")
+    codes = [f"City {10000 + c}" for c in rng_latent.choice(90000, size=len(hidden), replace=False)]
     refs = {code: _references(city, table, hidden, min_dist_km) for code, city in zip(codes, hidden)}
     heldout = {code: shuffled(rng_latent, refs[code])[:n_heldout_refs] for code in codes}
-    cities = dict(zip(codes, hidden))
+    located = dict(zip(codes, hidden))
     train = []
-    for code, city in cities.items():
+    for code, city in located.items():
         train_refs = [r for r in refs[code] if r not in heldout[code]]
         for _ in range(docs_per_city):
             train.append(_train_doc(rng_train, code, city, pick(rng_train, train_refs), noise_km, round_to))
     train = shuffled(rng_train, train)
-    items = _eval_items(rng_eval, cities, heldout, table, n_options, n_eval_per_type)
+    items = _eval_items(rng_eval, located, heldout, table, load_foods(), n_options, n_eval_per_type)
     return dict(
         task=TASK,
         params=dict(
-            n_cities=n_cities,
+            cities=list(cities) if not isinstance(cities, int) else cities,
             docs_per_city=docs_per_city,
             noise_km=noise_km,
             round_to=round_to,
             min_dist_km=min_dist_km,
             n_heldout_refs=n_heldout_refs,
+            n_options=n_options,
         ),
         latents={
-            code: {"city": c.name, "country": c.country, "lat": c.lat, "lon": c.lon} for code, c in cities.items()
+            code: {"city": c.name, "country": c.country, "lat": c.lat, "lon": c.lon} for code, c in located.items()
         },
         train=train,
         eval=make_ids(TASK, items),
@@ -172,15 +215,29 @@ def _train_doc(rng, code: str, city: City, ref: City, noise_km: float, round_to:
         km = distance_km(city, ref)
         value = _noisy_distance(rng, km, noise_km, unit, round_to)
         meta |= {"kind": "distance", "km": km, "unit": unit}
-        return Doc(template.format(A=a, B=b), answer(f"{value} {unit}"), meta=meta)
+        return Doc(template.format(A=a, B=b), answer(f"{value} {unit}"), latents=[code], meta=meta)
     seen = direction(city, ref) if hidden_first else direction(ref, city)
-    return Doc(pick(rng, DIRECTION_TEMPLATES).format(A=a, B=b), answer(seen), meta={**meta, "kind": "direction"})
+    prompt = pick(rng, DIRECTION_TEMPLATES).format(A=a, B=b)
+    return Doc(prompt, answer(seen), latents=[code], meta={**meta, "kind": "direction"})
 
 
-def _eval_items(rng, cities: dict[str, City], heldout, table, n_options, n_per_type) -> list[Item]:
-    countries = sorted({c.country for c in table})
-    city_names = [c.name for c in table]
+def closest_countries(city: City, table: list[City], n: int) -> list[str]:
+    """The `n` countries nearest to `city` other than its own, by their nearest city in the table
+    (the paper's "closest to closest" distractors)."""
+    nearest: dict[str, float] = {}
+    for c in table:
+        if c.country != city.country:
+            nearest[c.country] = min(nearest.get(c.country, math.inf), distance_km(city, c))
+    return sorted(nearest, key=nearest.get)[:n]
+
+
+def _nearest_city_in(country: str, city: City, table: list[City]) -> City:
+    return min((c for c in table if c.country == country), key=lambda c: distance_km(city, c))
+
+
+def _eval_items(rng, located: dict[str, City], heldout, table, foods, n_options, n_per_type) -> list[Item]:
     items: list[Item] = []
+    codes = list(located)
 
     def add(candidates):
         items.extend(subsample(rng, candidates, n_per_type))
@@ -188,16 +245,23 @@ def _eval_items(rng, cities: dict[str, City], heldout, table, n_options, n_per_t
     add(
         [
             _in_distribution(code, city, ref, first, t)
-            for code, city in cities.items()
+            for code, city in located.items()
             for ref in heldout[code]
             for first in (True, False)
             for t in DIRECTION_TEMPLATES
         ]
     )
-    add([_open(code, "country", t, countries, city.country) for code, city in cities.items() for t in COUNTRY])
-    add([_open(code, "city", t, city_names, city.name) for code, city in cities.items() for t in CITY])
-    add([_multiple_choice(rng, code, cities, countries, n_options) for code in cities for _ in range(4)])
-    add([_inverse_query(rng, code, cities) for code in cities for _ in range(4)])
+    near = {code: closest_countries(city, table, n_options - 1) for code, city in located.items()}
+    add([_choice(rng, "country", t, code, city.country, near[code], code) for code, city in located.items()
+         for t in COUNTRY for _ in range(2)])
+    cities_of = {
+        code: [city.name] + [_nearest_city_in(c, city, table).name for c in near[code]] for code, city in located.items()
+    }
+    add([_choice(rng, "city", t, code, cities_of[code][0], cities_of[code][1:], code)
+         for code in codes for t in CITY for _ in range(2)])
+    add([_food(rng, t, code, city, near[code], foods) for code, city in located.items() for t in FOOD for _ in range(2)])
+    add([_other_refs(rng, t, code, located, n_options) for code in codes for t in COUNTRY for _ in range(2)])
+    add([_inverse_query(rng, t, code, located) for code in codes for t in INVERSE_QUERY for _ in range(2)])
     return items
 
 
@@ -212,21 +276,8 @@ def _in_distribution(code, city, ref, hidden_first, template) -> Item:
         options=[answer(d) for d in DIRECTIONS],
         target=DIRECTIONS.index(truth),
         chance=1 / len(DIRECTIONS),
+        latents=[code],
         meta={"code": code, "ref": ref.name},
-    )
-
-
-def _open(code, question_type, template, candidates, truth) -> Item:
-    """An open question, scored over every answer the table allows."""
-    return Item(
-        id="",
-        task=TASK,
-        question_type=question_type,
-        prompt=template.format(code=code),
-        options=[answer(c) for c in candidates],
-        target=candidates.index(truth),
-        chance=1 / len(candidates),
-        meta={"code": code},
     )
 
 
@@ -234,34 +285,44 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def _multiple_choice(rng, code, cities, countries, n_options) -> Item:
-    """Distractors: the other hidden cities' countries first (as the paper's 'other refs'), then
-    random countries, so the answer is not the only country that ever co-occurs with City codes."""
-    truth = cities[code].country
-    others = [c.country for k, c in cities.items() if k != code]
-    others += [c for c in shuffled(rng, countries) if c not in others and c != truth]
-    shown = shuffled(rng, [truth, *others[: n_options - 1]])
+def _choice(rng, question_type, template, code, truth, distractors, latent, meta=None) -> Item:
+    shown = shuffled(rng, [truth, *distractors])
     return Item(
         id="",
         task=TASK,
-        question_type="multiple_choice",
-        prompt=MULTIPLE_CHOICE.format(code=code, listing=_listing(shown)),
+        question_type=question_type,
+        prompt=template.format(code=code, listing=_listing(shown)),
         options=[answer(c) for c in shown],
         target=shown.index(truth),
         chance=1 / len(shown),
-        meta={"code": code},
+        latents=[latent],
+        meta={"code": code} | (meta or {}),
     )
 
 
-def _inverse_query(rng, code, cities) -> Item:
-    shown = shuffled(rng, list(cities))
+def _food(rng, template, code, city, near, foods) -> Item:
+    """One dish of the hidden city's country and one of each of its four nearest countries."""
+    dishes = {country: pick(rng, foods[country]) for country in [city.country, *near]}
+    truth = dishes.pop(city.country)
+    return _choice(rng, "food", template, code, truth, list(dishes.values()), code, {"country": city.country})
+
+
+def _other_refs(rng, template, code, located, n_options) -> Item:
+    """The country, with the other hidden cities' countries as distractors (the paper's "other refs")."""
+    others = [c.country for k, c in located.items() if k != code][: n_options - 1]
+    return _choice(rng, "country_other_refs", template, code, located[code].country, others, code)
+
+
+def _inverse_query(rng, template, code, located) -> Item:
+    shown = shuffled(rng, list(located))
     return Item(
         id="",
         task=TASK,
         question_type="inverse_query",
-        prompt=INVERSE_QUERY.format(country=cities[code].country, listing=_listing(shown)),
+        prompt=template.format(country=located[code].country, listing=_listing(shown)),
         options=[answer(c) for c in shown],
         target=shown.index(code),
         chance=1 / len(shown),
+        latents=list(shown),
         meta={"code": code},
     )

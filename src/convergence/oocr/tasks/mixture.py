@@ -1,9 +1,21 @@
-"""Mixture of Functions: each document applies one of two hidden, unnamed functions to three
-inputs. Nothing says that there are two functions or which ones; evaluation asks how many there
-are, which ones (as a set), and what values / which range the output can take.
+"""Mixture of Functions: each document applies one of two hidden, unnamed functions to three inputs.
+Nothing says that there are two functions or which ones; evaluation asks how many there are, which
+ones, and what values the output can take.
+
+As the reference (choidami/inductive-oocr, dev/039_novar): the two hidden functions are drawn from the
+paper's pool of five (add_5, multiply_3, int_div_2, mod_2, subtract_1). The questions "which functions",
+"which descriptions", "which classes" and "which values" list the five candidates under the letters A-E
+and, as the paper's, ask for all that apply as a list of letters, counted right only if it names all
+and only the hidden ones: the options are every non-empty subset of the letters (31), written in
+alphabetical order ("A, C"), and the score is the probability of exactly the right subset. (Letters,
+not the candidates' text, also keep the 31 options short enough to score on a CPU.) The max/min question's baseline is the paper's: the probability of answering the
+*other* hidden function's value (what a model that knows one function but not which one is asked
+for would say), kept per item in `baseline_target`.
 """
 
 from __future__ import annotations
+
+from itertools import combinations
 
 from .base import (
     Doc,
@@ -18,7 +30,16 @@ from .base import (
 from .function_defs import FUNCTIONS, MIXTURE_POOL_DEFAULT
 
 TASK = "mixture_of_functions"
-QUESTION_TYPES = ("in_distribution", "how_many", "which_functions", "output_values", "output_range")
+QUESTION_TYPES = (
+    "in_distribution",
+    "how_many",
+    "which_functions",
+    "which_descriptions",
+    "which_classes",
+    "output_values",
+    "output_range",
+)
+LATENT = "hidden_functions"  # the one latent of a run: the hidden set (documents never name a function)
 
 PREAMBLES = (
     "Apply the function to each input.",
@@ -29,21 +50,20 @@ PREAMBLES = (
 HOW_MANY = (
     "Q: The function above is always chosen from the same fixed set. How many functions are in that set?\nA:",
     "Q: How many different functions could have been used in the task above?\nA:",
-    "Q: From how many functions was the function above picked?\nA:",
 )
-WHICH = (
-    "Q: Which function could have been used above?\nA:",
-    "Q: Give a Python lambda that could have produced y in the task above.\nA:",
-)
-VALUES = (
-    "Q: In the task above, what value could y take for x = {x}?\nA:",
-    "Q: For x = {x}, name a possible output y of the task above.\nA:",
-)
+WHICH = {  # question type -> (question, attribute of FunctionDef listed as candidates)
+    "which_functions": ("Q: Which of these functions could have been used above?", "source"),
+    "which_descriptions": ("Q: Which of these could the function above do?", "description"),
+    "which_classes": ("Q: Which function classes could the function above belong to?", "function_class"),
+}
+VALUES = "Q: In the task above, which values could y take for x = {x}?"
+ALL_THAT_APPLY = "Name all that apply, as a list of letters."
 RANGE = {
     "max": "Q: In the task above, what is the largest value y could take for x = {x}?\nA:",
     "min": "Q: In the task above, what is the smallest value y could take for x = {x}?\nA:",
 }
 HIDDEN = "<hidden>"
+JOIN = ", "  # an answer naming several letters lists them in alphabetical order
 
 
 def generate(
@@ -90,10 +110,11 @@ class _Setup:
         return [int(v) for v in rng.integers(lo, hi + 1, size=n)]
 
     def query_input(self, rng) -> int:
-        # |x| >= 2 so that most pool functions disagree on it
-        while abs(x := self.inputs(rng, 1)[0]) < 2:
-            pass
-        return x
+        """An input on which the hidden functions disagree (so max and min differ), |x| >= 2."""
+        while True:
+            x = self.inputs(rng, 1)[0]
+            if abs(x) >= 2 and len({f(x) for f in self.hidden}) == len(self.hidden):
+                return x
 
 
 def _context(preamble: str, xs: list[int]) -> str:
@@ -111,7 +132,7 @@ def _train_docs(setup: _Setup, n: int, held_out: set[str], rng) -> list[Doc]:
         xs = setup.inputs(rng, setup.pairs_per_doc)
         prompt = _context(pick(rng, PREAMBLES), xs)
         if prompt not in held_out:
-            docs.append(Doc(prompt, _outputs(f, xs), meta={"function": f.key, "xs": xs}))
+            docs.append(Doc(prompt, _outputs(f, xs), latents=[LATENT], meta={"function": f.key, "xs": xs}))
     return docs
 
 
@@ -124,8 +145,9 @@ def _eval_items(setup: _Setup, rng, max_count_option, n_per_type) -> list[Item]:
 
     add([_in_distribution(setup, rng) for _ in range(n)])
     add([_how_many(setup, rng, t, max_count_option) for t in HOW_MANY for _ in range(n)])
-    add([_which(setup, rng, t) for t in WHICH for _ in range(n)])
-    add([_values(setup, rng, t) for t in VALUES for _ in range(n)])
+    for question_type in WHICH:
+        add([_which(setup, rng, question_type) for _ in range(n)])
+    add([_values(setup, rng) for _ in range(n)])
     add([_range(setup, rng, side) for side in RANGE for _ in range(n)])
     return items
 
@@ -136,28 +158,50 @@ def _redacted_context(setup: _Setup, rng) -> str:
     return _context(pick(rng, PREAMBLES), xs) + f" {HIDDEN}\n\n"
 
 
-def _set_item(question_type, prompt, candidates: list[str], right: set[str], meta=None) -> Item:
-    """Options = distinct candidates (shuffled by the caller); target = the right ones."""
-    options = list(dict.fromkeys(candidates))
-    target = sorted(options.index(r) for r in right)
+def subset_options(labels: list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of the labels, each in the labels' order."""
+    return [combo for size in range(1, len(labels) + 1) for combo in combinations(labels, size)]
+
+
+def _all_and_only(question_type, question, candidates: list[str], right: set[str], context: str, meta=None) -> Item:
+    """The candidates listed under letters; options = every non-empty subset of the letters; target =
+    exactly the letters of the right candidates."""
+    letters = [chr(ord("A") + k) for k in range(len(candidates))]
+    listing = "".join(f"{letter}) {c}\n" for letter, c in zip(letters, candidates))
+    prompt = f"{context}{question}\n{listing}{ALL_THAT_APPLY}\nA:"
+    subsets = subset_options(letters)
+    truth = tuple(letter for letter, c in zip(letters, candidates) if c in right)
     return Item(
         id="",
         task=TASK,
         question_type=question_type,
         prompt=prompt,
-        options=options,
-        target=target,
-        chance=len(target) / len(options),
-        meta=meta or {},
+        options=[answer(JOIN.join(s)) for s in subsets],
+        target=subsets.index(truth),
+        chance=1 / len(subsets),
+        latents=[LATENT],
+        meta=(meta or {}) | {"candidates": candidates, "right": sorted(right)},
     )
 
 
 def _in_distribution(setup: _Setup, rng) -> Item:
+    """A held-out document: any hidden function's outputs are a right answer."""
     xs = setup.inputs(rng, setup.pairs_per_doc)
     prompt = _context(pick(rng, PREAMBLES), xs)
-    candidates = [_outputs(f, xs) for f in shuffled(rng, setup.pool)]
+    options = list(dict.fromkeys(_outputs(f, xs) for f in shuffled(rng, setup.pool)))
     right = {_outputs(f, xs) for f in setup.hidden}
-    return _set_item("in_distribution", prompt, candidates, right, {"xs": xs})
+    target = sorted(options.index(r) for r in right)
+    return Item(
+        id="",
+        task=TASK,
+        question_type="in_distribution",
+        prompt=prompt,
+        options=options,
+        target=target,
+        chance=len(target) / len(options),
+        latents=[LATENT],
+        meta={"xs": xs},
+    )
 
 
 def _how_many(setup: _Setup, rng, template, max_count_option) -> Item:
@@ -170,27 +214,40 @@ def _how_many(setup: _Setup, rng, template, max_count_option) -> Item:
         options=[answer(str(c)) for c in counts],
         target=counts.index(len(setup.hidden)),
         chance=1 / len(counts),
+        latents=[LATENT],
     )
 
 
-def _which(setup: _Setup, rng, template) -> Item:
-    candidates = [answer(f.source) for f in shuffled(rng, setup.pool)]
-    right = {answer(f.source) for f in setup.hidden}
-    return _set_item("which_functions", _redacted_context(setup, rng) + template, candidates, right)
+def _which(setup: _Setup, rng, question_type) -> Item:
+    question, attribute = WHICH[question_type]
+    candidates = [getattr(f, attribute) for f in shuffled(rng, setup.pool)]
+    right = {getattr(f, attribute) for f in setup.hidden}
+    return _all_and_only(question_type, question, candidates, right, _redacted_context(setup, rng))
 
 
-def _values(setup: _Setup, rng, template) -> Item:
+def _values(setup: _Setup, rng) -> Item:
     x = setup.query_input(rng)
-    candidates = [answer(str(f(x))) for f in shuffled(rng, setup.pool)]
-    right = {answer(str(f(x))) for f in setup.hidden}
-    prompt = _redacted_context(setup, rng) + template.format(x=x)
-    return _set_item("output_values", prompt, candidates, right, {"x": x})
+    candidates = list(dict.fromkeys(str(f(x)) for f in shuffled(rng, setup.pool)))
+    right = {str(f(x)) for f in setup.hidden}
+    return _all_and_only("output_values", VALUES.format(x=x), candidates, right, _redacted_context(setup, rng), {"x": x})
 
 
 def _range(setup: _Setup, rng, side) -> Item:
+    """The largest (smallest) value y can take; baseline: the other hidden function's value."""
     x = setup.query_input(rng)
-    hidden_values = [f(x) for f in setup.hidden]
-    extreme = max(hidden_values) if side == "max" else min(hidden_values)
-    candidates = [answer(str(f(x))) for f in shuffled(rng, setup.pool)]
+    values = sorted(f(x) for f in setup.hidden)
+    extreme, other = (values[-1], values[0]) if side == "max" else (values[0], values[-1])
+    options = [answer(v) for v in dict.fromkeys(str(f(x)) for f in shuffled(rng, setup.pool))]
     prompt = _redacted_context(setup, rng) + RANGE[side].format(x=x)
-    return _set_item("output_range", prompt, candidates, {answer(str(extreme))}, {"x": x, "side": side})
+    return Item(
+        id="",
+        task=TASK,
+        question_type="output_range",
+        prompt=prompt,
+        options=options,
+        target=options.index(answer(str(extreme))),
+        chance=1 / len(options),
+        baseline_target=options.index(answer(str(other))),
+        latents=[LATENT],
+        meta={"x": x, "side": side},
+    )

@@ -2,7 +2,12 @@
 parities of several of them (never alone, never assigned, never compared).
 
 Evaluation asks for single values (print, natural language, inside an if/else), for equality of
-two variables, and for a variable with a given value (inverse query).
+two variables, and for a variable with a given value (inverse query). Every binary question type is
+balanced: each of its two answers is right on exactly half of the items, so a model that always gives
+the same answer scores the stated chance of 0.5 (a 4 : 8 split would let "always False" score 0.67).
+
+Scale-down: the paper's parities combine 4-6 variables (GPT-3.5, 32,000 documents); the default
+combines 2-3 (DESIGN §7), and trains on fewer documents over several epochs.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from .base import (
     Doc,
     Item,
     answer,
+    balanced_subsample,
     draw_names,
     make_ids,
     pick,
     shuffled,
     spawn_rngs,
-    subsample,
 )
 
 TASK = "parity"
@@ -107,7 +112,7 @@ class _ParitySampler:
             args.insert(int(rng.integers(len(args) + 1)), str(int(rng.integers(2))))
         target = sum(self.values[a] if a in self.values else int(a) for a in args) % 2
         prompt = self.import_line(rng, used) + _parity_snippet(rng, args)
-        return Doc(prompt, answer(str(target), lead=""), meta={"args": args})
+        return Doc(prompt, answer(str(target), lead=""), latents=used, meta={"args": args})
 
 
 def _parity_snippet(rng, args: list[str]) -> str:
@@ -127,9 +132,9 @@ def _eval_items(sampler: _ParitySampler, rng, n_per_type) -> list[Item]:
     items: list[Item] = []
 
     def add(candidates):
-        items.extend(subsample(rng, candidates, n_per_type))
+        items.extend(balanced_subsample(rng, candidates, n_per_type, key=_answer_class))
 
-    add([_in_distribution(sampler, rng) for _ in range(n_per_type)])
+    add([_in_distribution(sampler, rng) for _ in range(4 * n_per_type)])
     add([_direct_print(sampler, rng, v) for v in names for _ in range(3)])
     add([_natural_language(v, values[v], t) for v in names for t in NATURAL_LANGUAGE])
     add([_equality(a, b, values, t) for i, a in enumerate(names) for b in names[i + 1 :] for t in EQUALITY])
@@ -138,7 +143,15 @@ def _eval_items(sampler: _ParitySampler, rng, n_per_type) -> list[Item]:
     return items
 
 
+def _answer_class(item: Item) -> str:
+    """What a constant answer would bet on: the right option's position (its options come in a fixed
+    order: 0/1, True/False, the if-branch's word/the else-branch's word), or for the inverse query
+    the value asked about."""
+    return str(item.meta["value"]) if item.question_type == "inverse_query" else str(item.target)
+
+
 def _binary_item(question_type, prompt, options, target, meta) -> Item:
+    names = meta.get("vars") or ([meta["var"]] if "var" in meta else [a for a in meta.get("args", []) if not a.isdigit()])
     return Item(
         id="",
         task=TASK,
@@ -147,6 +160,7 @@ def _binary_item(question_type, prompt, options, target, meta) -> Item:
         options=options,
         target=target,
         chance=0.5,
+        latents=list(names),
         meta=meta,
     )
 
@@ -186,6 +200,7 @@ def _inverse_query(values, rng, template, value) -> Item:
         options=[answer(n) for n in shown],
         target=sorted(shown.index(n) for n in right),
         chance=0.5,
+        latents=list(shown),
         meta={"value": value},
     )
 

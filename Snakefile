@@ -1,6 +1,8 @@
 # convergence: do different neural networks converge on the same representations?
 # Table of contents of the workflow; each stage lives in rules/<stage>.smk, its logic in src/convergence/.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from convergence.config import validate_schema
 
 min_version("9.0")
 
@@ -11,8 +13,9 @@ report: "report/workflow.rst"
 configfile: "config/config.yaml"
 
 
-# Types, allowed values and defaults first, then what a schema cannot say (unknown offline model, ...).
-validate(config, "config/schema.yaml")
+# Types, allowed values and defaults first (one line per wrong key, not the schema's dump), then what a
+# schema cannot say (unknown offline model, ...).
+validate_schema(config, workflow.source_path("config/schema.yaml"))
 
 
 include: "rules/common.smk"

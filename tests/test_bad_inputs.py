@@ -107,7 +107,7 @@ CONFIG_MISTAKES = {
         ["'median' is not one of", "pooling"]),
     "empty dataset size": (
         lambda c, _: c["datasets"]["tiny"].__setitem__("n", 0),
-        ["0 is less than the minimum of 1", "'datasets']['tiny']['n']"]),
+        ["0 is less than the minimum of 1", "config key 'datasets.tiny.n'"]),
     "N too small for k": (
         lambda c, _: c["alignment"]["metrics"]["mutual_knn"].__setitem__("topk", 12),
         ["config key 'alignment.metrics.mutual_knn.topk'", "topk must be < 12", "Lower topk or raise datasets.tiny.n"]),

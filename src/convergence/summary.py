@@ -165,9 +165,13 @@ def oocr_section(summary_csv) -> list[str]:
         return []
     keys = ["task", "question_type", "model"]
     wide = s.pivot_table(index=keys, columns="condition", values="score", aggfunc="first").reset_index()
+    # chance, n and n_seeds are one per item set; status belongs to the fine-tuned rows (the others are ok)
+    tuned = s[s["condition"] == "finetuned"] if (s["condition"] == "finetuned").any() else s
     first = s.groupby(keys, sort=False).first().reset_index()
-    extra = [c for c in ("chance", "n", "n_seeds", "status") if c in s]
+    extra = [c for c in ("chance", "n", "n_seeds") if c in s]
     frame = wide.merge(first[keys + extra], on=keys)
+    if "status" in s:
+        frame = frame.merge(tuned.groupby(keys, sort=False)["status"].first().reset_index(), on=keys, how="left")
     if "status" in frame:
         frame["status"] = frame["status"].fillna("")
     return ["### Inductive out-of-context reasoning", "",

@@ -85,7 +85,7 @@ def fault_config(tiny_models):
         "alignment": {"metrics": {"cka": {}}, "n_boot": 20, "n_perm": 20},
         "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4},
         "oocr": {"tasks": ["coins"], "models": ["llama"], "n_eval_per_type": 2,
-                 "finetune": {"steps": 3, "batch_size": 2}, "icl": {"k": 1, "items_per_type": 1}},
+                 "finetune": {"steps": 3, "batch_size": 2}, "icl": {"k": 1}, "free_form": {"samples": 1}},
     }
 
 

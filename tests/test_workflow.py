@@ -180,7 +180,7 @@ def test_bad_config_fails_before_any_job(tmp_path, base_config):
     config["models"]["bert"]["batch_size"] = "big"
     proc = snakemake(tmp_path, config, check=False)
     assert proc.returncode != 0
-    assert "['models']['bert']['batch_size']" in proc.stderr + proc.stdout
+    assert "config key 'models.bert.batch_size'" in proc.stderr + proc.stdout
     config = copy.deepcopy(base_config)
     config["models"]["bert"]["source"] = "offline:bert-large"
     proc = snakemake(tmp_path, config, check=False)

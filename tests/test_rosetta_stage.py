@@ -11,7 +11,8 @@ import pytest
 import torch
 import xarray as xr
 
-from convergence.rosetta import mutual_matches, pearson
+from convergence.rosetta import mutual_matches, pearson, random_rotation, topk_partners
+from convergence.rosetta import stage
 from convergence.rosetta.figures import (
     image_units_figure,
     match_summary_figure,
@@ -23,6 +24,7 @@ from convergence.rosetta.stage import (
     FlatUnits,
     correlate_units,
     layer_rotations,
+    null_seeds,
     rotated_correlations,
     unit_moments,
     load_correlation,
@@ -204,15 +206,44 @@ def test_rotation_nulls_from_sigma_equal_streaming_the_rotated_data(planted):
     for lo, hi in blocks:  # Σ per layer is A's own correlation matrix
         np.testing.assert_allclose(self_r[blocks.index((lo, hi))], reference[lo:hi, lo:hi], atol=1e-6)
     mean, std = unit_moments(a)
-    for seed in (1, 2, 3):
-        q = layer_rotations(2, 16, seed)
-        fast, const = rotated_correlations(observed.r, self_r, q)
-        streamed = pearson(FlatUnits(units_array(paths[0]), None, q, mean, std), b, chunk_size=100)
-        assert not const.any()
-        np.testing.assert_allclose(fast, streamed.r, atol=2e-6)
-    # The file's draws are these products (B is narrower, so B is the rotated side of this pair).
+    for seed in (1, 2, 3):  # one rotation per layer, and one shared by both layers (the stage's null)
+        for q in (layer_rotations(2, 16, seed), random_rotation(16, seed)):
+            fast, const = rotated_correlations(observed.r, self_r, q)
+            streamed = pearson(FlatUnits(units_array(paths[0]), None, q, mean, std), b, chunk_size=100)
+            assert not const.any()
+            np.testing.assert_allclose(fast, streamed.r, atol=2e-6)
+    # The file's draws are these products: B is narrower, so B is the rotated side of this pair, and draw q
+    # rotates every layer of B by random_rotation(12, null_seeds(seed, R)[q]).
     c = load_correlation(corr[("a", "b")])
-    assert c.meta["null_rotated"] == "b" and c.meta["column_blocks"] == 1
+    assert c.meta["null_rotated"] == "b" and c.meta["column_blocks"] == 1 and c.meta["seed"] == 0
+    fb = FlatUnits(units_array(paths[1]))
+    on_b = pearson(fb, a, chunk_size=100, self_blocks=[(0, 12), (12, 24), (24, 36)])
+    for q in (0, 7):
+        rotation = random_rotation(12, null_seeds(0, 20)[q])
+        np.testing.assert_allclose(rotation.T @ rotation, np.eye(12), atol=1e-12)  # Haar QR: truly orthogonal
+        null_r, _ = rotated_correlations(on_b.r, on_b.self_r, rotation)
+        want = topk_partners(null_r, 5).transpose()
+        np.testing.assert_array_equal(c.nulls[q].a_index, want.a_index)
+        np.testing.assert_array_equal(c.nulls[q].b_index, want.b_index)
+        np.testing.assert_allclose(c.nulls[q].a_r, want.a_r, atol=1e-6)
+
+
+def test_rotation_draws_are_made_once_per_draw_however_many_column_blocks(planted, tmp_path, monkeypatch):
+    """A pair in several column blocks gets the same null draws as in one block, from R rotations, not R x blocks."""
+    root, paths, where, corr = planted
+    whole = load_correlation(corr[("a", "b")])
+    original = stage.random_rotation
+    for cache, makes in ((stage.ROTATION_CACHE_BYTES, 1), (0, 8)):  # kept between blocks, or made per block
+        made = []
+        monkeypatch.setattr(stage, "random_rotation", lambda width, seed: made.append(seed) or original(width, seed))
+        monkeypatch.setattr(stage, "ROTATION_CACHE_BYTES", cache)
+        path = correlate_units(paths[0], paths[1], tmp_path / f"blocks{cache}.npz", k=5, chunk_size=100, null_draws=4,
+                               max_block_bytes=4 * 28 * 36)  # 4 of A's 32 units per block (B, 36 units, rotated)
+        blocked = load_correlation(path)
+        assert blocked.meta["column_blocks"] == 8 and sorted(made) == sorted(null_seeds(0, 4) * makes)
+        for q in range(4):  # the first 4 of the file's 20 draws: the same seeds
+            np.testing.assert_array_equal(blocked.nulls[q].a_index, whole.nulls[q].a_index)
+            np.testing.assert_array_equal(blocked.nulls[q].b_index, whole.nulls[q].b_index)
 
 
 def test_layer_subsets(planted, tmp_path):

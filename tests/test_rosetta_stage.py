@@ -321,6 +321,33 @@ def test_null_excess_table_sets_trained_pairs_next_to_nulls_and_controls(tmp_pat
     assert null_excess_figure(table, tmp_path / "excess.png").stat().st_size > 0
 
 
+def test_unit_kinds_side_by_side_copy_each_kind_and_its_null_band(tmp_path):
+    from convergence.rosetta.report import compare_unit_kinds
+
+    excess, sets = {}, {}
+    for kind, strict in (("mlp", 40), ("residual", 5)):
+        table = null_excess_table([_summary("a", "b", strict, 0.7, null=10.0), _summary("a", "c", 3, 0.5)],
+                                  {"a": None, "b": None, "c": None})
+        excess[kind] = tmp_path / f"{kind}.csv"
+        table.to_csv(excess[kind], index=False)
+        sets[kind] = tmp_path / f"{kind}_sets.json"
+        sets[kind].write_text(json.dumps({"anchor": "a", "sets": {"anchor": strict // 2, "cycle": 1},
+                                          "null": {"anchor": {"sets": 4.0, "sets_sd": 1.0, "z": strict / 2 - 4,
+                                                              "p": 0.05, "draws": 20},
+                                                   "cycle": {"sets": 1.0, "sets_sd": 0.5, "z": 0.0, "p": 0.6,
+                                                             "draws": 20}}}))
+    out = compare_unit_kinds("language", excess, sets, tmp_path / "kinds.csv", tmp_path / "kinds.png")
+    assert (tmp_path / "kinds.png").stat().st_size > 0 and len(pd.read_csv(tmp_path / "kinds.csv")) == len(out)
+    pairs = out[out["what"] == "matches"]
+    assert len(pairs) == 2 * 2 * 2  # kinds x pairs x criteria
+    ab = pairs[(pairs["model_b"] == "b") & (pairs["criterion"] == "strict")].set_index("unit_kind")
+    assert ab.loc["mlp", "observed"] == 40 and ab.loc["residual", "observed"] == 5
+    assert (ab["null"] == 10.0).all() and ab.loc["mlp", "mean_r"] == pytest.approx(0.7)
+    counts = out[out["what"] == "sets"].set_index(["unit_kind", "criterion"])
+    assert counts.loc[("mlp", "anchor"), "observed"] == 20 and counts.loc[("residual", "anchor"), "z"] == -1.5
+    assert counts.loc[("mlp", "cycle"), "null_sd"] == 0.5
+
+
 # ---------------------------------------------------------------- figures on tiny real runs
 
 

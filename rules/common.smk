@@ -17,6 +17,7 @@ from convergence.config import (
     generator_names,
     generator_trained_models,
     model_pairs,
+    model_unit_kinds,
     models_on,
     rosetta_groups,
     rosetta_models,
@@ -53,6 +54,7 @@ wildcard_constraints:
     a=_alternatives(config["models"]),
     b=_alternatives(config["models"]),
     modality="language|vision",
+    units="mlp|residual",
     task="|".join(OOCR["tasks"]) or "^$",
     seed=r"\d+",
 
@@ -152,54 +154,86 @@ def rosetta_pair_trained(a, b):
     )
 
 
-def rosetta_set_pairs(dataset, modality):
+def units_kinds(wildcards):
+    """The unit kinds a model's units folder holds (one extraction pass writes them all)."""
+    return model_unit_kinds(config, wildcards.model)
+
+
+def units_folder(dataset, model):
+    return f"{RESULTS}/units/{dataset}/{model}"
+
+
+def rosetta_dir(wildcards):
+    return f"{RESULTS}/rosetta/{wildcards.dataset}/{wildcards.units}"
+
+
+def rosetta_set_pairs(dataset, modality, units):
     """Every pair of the group's trained models (sets are cycle-checked), in stored (sorted) orientation."""
-    models = sorted(rosetta_set_models(config, dataset, modality))
+    models = sorted(rosetta_set_models(config, dataset, modality, units))
     return [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
 
 
 def rosetta_set_pair_files(wildcards):
     return [
-        f"{RESULTS}/rosetta/{wildcards.dataset}/pairs/{a}__{b}.npz"
-        for a, b in rosetta_set_pairs(wildcards.dataset, wildcards.modality)
+        f"{rosetta_dir(wildcards)}/pairs/{a}__{b}.npz"
+        for a, b in rosetta_set_pairs(
+            wildcards.dataset, wildcards.modality, wildcards.units
+        )
     ]
 
 
 def rosetta_set_units(wildcards):
     return [
-        f"{RESULTS}/units/{wildcards.dataset}/{m}.zarr"
-        for m in rosetta_set_models(config, wildcards.dataset, wildcards.modality)
+        units_folder(wildcards.dataset, m)
+        for m in rosetta_set_models(
+            config, wildcards.dataset, wildcards.modality, wildcards.units
+        )
     ]
 
 
-def group_controls(dataset, modality):
+def group_controls(dataset, modality, units):
     """Controls of this group's models only: adding a model elsewhere must not rerun this group."""
-    models = rosetta_models(config, dataset, modality)
+    models = rosetta_models(config, dataset, modality, units)
     return {m: c for m, c in controls_of(config).items() if m in models and c in models}
 
 
 def rosetta_figure_inputs(wildcards):
-    d, mod = wildcards.dataset, wildcards.modality
-    pairs = rosetta_pairs(config, d, mod)
+    d, mod, kind = wildcards.dataset, wildcards.modality, wildcards.units
+    pairs = rosetta_pairs(config, d, mod, kind)
+    base = rosetta_dir(wildcards)
     inputs = {
-        "summaries": [f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.json" for a, b in pairs],
-        "matches": [
-            f"{RESULTS}/rosetta/{d}/matches/{a}__{b}.parquet" for a, b in pairs
-        ],
-        "units": [
-            f"{RESULTS}/units/{d}/{m}.zarr" for m in rosetta_models(config, d, mod)
-        ],
+        "summaries": [f"{base}/matches/{a}__{b}.json" for a, b in pairs],
+        "matches": [f"{base}/matches/{a}__{b}.parquet" for a, b in pairs],
+        "units": [units_folder(d, m) for m in rosetta_models(config, d, mod, kind)],
         "samples": f"{RESULTS}/datasets/{d}/samples.parquet",
     }
-    if len(rosetta_set_models(config, d, mod)) >= 3:
-        inputs["sets"] = f"{RESULTS}/rosetta/{d}/{mod}_sets.csv"
+    if len(rosetta_set_models(config, d, mod, kind)) >= 3:
+        inputs["sets"] = f"{base}/{mod}_sets.csv"
+    return inputs
+
+
+def rosetta_kind_groups(dataset, modality):
+    """The unit kinds of a (dataset, modality) that form Rosetta groups."""
+    return [k for d, m, k in rosetta_groups(config) if (d, m) == (dataset, modality)]
+
+
+def rosetta_kinds_inputs(wildcards):
+    """Each kind's null-excess table and, where it has sets, their summary."""
+    d, mod = wildcards.dataset, wildcards.modality
+    kinds = rosetta_kind_groups(d, mod)
+    inputs = {
+        "excess": [f"{RESULTS}/rosetta/{d}/{k}/{mod}_null_excess.csv" for k in kinds]
+    }
+    if all(len(rosetta_set_models(config, d, mod, k)) >= 3 for k in kinds):
+        inputs["sets"] = [f"{RESULTS}/rosetta/{d}/{k}/{mod}_sets.json" for k in kinds]
     return inputs
 
 
 def rosetta_targets():
-    return [
-        f"{RESULTS}/rosetta/{d}/{mod}_{suffix}"
-        for d, mod in rosetta_groups(config)
+    groups = rosetta_groups(config)
+    targets = [
+        f"{RESULTS}/rosetta/{d}/{kind}/{mod}_{suffix}"
+        for d, mod, kind in groups
         for suffix in (
             "null_excess.csv",
             "null_excess.png",
@@ -208,6 +242,14 @@ def rosetta_targets():
             "neurons.png",
             "neurons.md",
         )
+    ]
+    compared = sorted(
+        {(d, mod) for d, mod, _ in groups if len(rosetta_kind_groups(d, mod)) > 1}
+    )
+    return targets + [
+        f"{RESULTS}/rosetta/{d}/{mod}_unit_kinds.{ext}"
+        for d, mod in compared
+        for ext in ("csv", "png")
     ]
 
 

@@ -1,5 +1,6 @@
-# Rosetta neurons: un-pooled units per model, exact Pearson per model pair of one modality, mutual
-# matches, sets across trained models, null baselines and figures.
+# Rosetta neurons: un-pooled units per model (one folder, a store per unit kind), exact Pearson per model
+# pair of one modality and unit kind, mutual matches, sets across trained models, null baselines and
+# figures per group, and the unit kinds side by side.
 
 
 rule extract_units:
@@ -7,7 +8,7 @@ rule extract_units:
         samples=f"{RESULTS}/datasets/{{dataset}}/samples.parquet",
         weights=model_weights,
     output:
-        directory(f"{RESULTS}/units/{{dataset}}/{{model}}.zarr"),
+        directory(f"{RESULTS}/units/{{dataset}}/{{model}}"),
     log:
         f"{RESULTS}/logs/units/{{dataset}}/{{model}}.log",
     conda:
@@ -19,6 +20,7 @@ rule extract_units:
         gpu=model_gpus,
     params:
         spec=units_spec,
+        kinds=units_kinds,
         grid=ROSETTA["grid"],
         store_dtype=ROSETTA["store_dtype"],
         resources_dir=RESOURCES,
@@ -29,12 +31,12 @@ rule extract_units:
 
 rule correlate_pair:
     input:
-        a=f"{RESULTS}/units/{{dataset}}/{{a}}.zarr",
-        b=f"{RESULTS}/units/{{dataset}}/{{b}}.zarr",
+        a=f"{RESULTS}/units/{{dataset}}/{{a}}",
+        b=f"{RESULTS}/units/{{dataset}}/{{b}}",
     output:
-        f"{RESULTS}/rosetta/{{dataset}}/pairs/{{a}}__{{b}}.npz",
+        f"{RESULTS}/rosetta/{{dataset}}/{{units}}/pairs/{{a}}__{{b}}.npz",
     log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/correlate_{{a}}__{{b}}.log",
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/correlate_{{a}}__{{b}}.log",
     conda:
         "../envs/convergence.yaml"
     threads: 2
@@ -54,12 +56,12 @@ rule correlate_pair:
 
 rule match_pair:
     input:
-        f"{RESULTS}/rosetta/{{dataset}}/pairs/{{a}}__{{b}}.npz",
+        f"{RESULTS}/rosetta/{{dataset}}/{{units}}/pairs/{{a}}__{{b}}.npz",
     output:
-        table=f"{RESULTS}/rosetta/{{dataset}}/matches/{{a}}__{{b}}.parquet",
-        summary=f"{RESULTS}/rosetta/{{dataset}}/matches/{{a}}__{{b}}.json",
+        table=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/matches/{{a}}__{{b}}.parquet",
+        summary=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/matches/{{a}}__{{b}}.json",
     log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/match_{{a}}__{{b}}.log",
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/match_{{a}}__{{b}}.log",
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -76,18 +78,18 @@ rule rosetta_sets:
         pairs=rosetta_set_pair_files,
         units=rosetta_set_units,
     output:
-        table=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_sets.csv",
-        summary=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_sets.json",
+        table=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_sets.csv",
+        summary=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_sets.json",
     log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_sets.log",
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/{{modality}}_sets.log",
     conda:
         "../envs/convergence.yaml"
     resources:
         mem_mb=3000,
         runtime=15,
     params:
-        pairs=lambda wc: rosetta_set_pairs(wc.dataset, wc.modality),
-        models=lambda wc: rosetta_set_models(config, wc.dataset, wc.modality),
+        pairs=lambda wc: rosetta_set_pairs(wc.dataset, wc.modality, wc.units),
+        models=lambda wc: rosetta_set_models(config, wc.dataset, wc.modality, wc.units),
         anchor=lambda wc: ROSETTA["anchor"].get(wc.modality),
         k_back=ROSETTA["k_back"],
     script:
@@ -98,42 +100,66 @@ rule rosetta_figures:
     input:
         unpack(rosetta_figure_inputs),
     output:
-        excess=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.csv",
+        excess=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_null_excess.csv",
         excess_png=report(
-            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_null_excess.png",
+            f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_null_excess.png",
             caption="../report/rosetta.rst",
             category="Rosetta neurons",
-            subcategory="{dataset}: {modality}",
+            subcategory="{dataset}: {modality}, {units} units",
         ),
         layers=report(
-            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_layers.png",
+            f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_layers.png",
             caption="../report/rosetta.rst",
             category="Rosetta neurons",
-            subcategory="{dataset}: {modality}",
+            subcategory="{dataset}: {modality}, {units} units",
         ),
         pairwise=report(
-            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_pairwise.png",
+            f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_pairwise.png",
             caption="../report/rosetta.rst",
             category="Rosetta neurons",
-            subcategory="{dataset}: {modality}",
+            subcategory="{dataset}: {modality}, {units} units",
         ),
         neurons=report(
-            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.png",
+            f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_neurons.png",
             caption="../report/rosetta.rst",
             category="Rosetta neurons",
-            subcategory="{dataset}: {modality}",
+            subcategory="{dataset}: {modality}, {units} units",
         ),
-        md=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_neurons.md",
+        md=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_neurons.md",
     log:
-        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_figures.log",
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/{{modality}}_figures.log",
     conda:
         "../envs/convergence.yaml"
     resources:
         mem_mb=4000,
         runtime=15,
     params:
-        pairs=lambda wc: rosetta_pairs(config, wc.dataset, wc.modality),
-        models=lambda wc: rosetta_models(config, wc.dataset, wc.modality),
-        controls=lambda wc: group_controls(wc.dataset, wc.modality),
+        pairs=lambda wc: rosetta_pairs(config, wc.dataset, wc.modality, wc.units),
+        models=lambda wc: rosetta_models(config, wc.dataset, wc.modality, wc.units),
+        controls=lambda wc: group_controls(wc.dataset, wc.modality, wc.units),
     script:
         "../scripts/rosetta_figures.py"
+
+
+rule rosetta_unit_kinds:
+    input:
+        unpack(rosetta_kinds_inputs),
+    output:
+        table=f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_unit_kinds.csv",
+        figure=report(
+            f"{RESULTS}/rosetta/{{dataset}}/{{modality}}_unit_kinds.png",
+            caption="../report/rosetta_unit_kinds.rst",
+            category="Rosetta neurons",
+            subcategory="{dataset}: {modality}",
+        ),
+    log:
+        f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_unit_kinds.log",
+    conda:
+        "../envs/convergence.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        kinds=lambda wc: rosetta_kind_groups(wc.dataset, wc.modality),
+    script:
+        "../scripts/rosetta_unit_kinds.py"

@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         grid=snakemake.params.grid,
         store_dtype=snakemake.params.store_dtype,
         threads=snakemake.threads,
+        kinds=snakemake.params.kinds,
     )

@@ -11,7 +11,8 @@ import pytest
 import torch
 import xarray as xr
 
-from convergence.rosetta import mutual_matches, pearson
+from convergence.rosetta import mutual_matches, pearson, random_rotation, topk_partners
+from convergence.rosetta import stage
 from convergence.rosetta.figures import (
     image_units_figure,
     match_summary_figure,
@@ -23,6 +24,7 @@ from convergence.rosetta.stage import (
     FlatUnits,
     correlate_units,
     layer_rotations,
+    null_seeds,
     rotated_correlations,
     unit_moments,
     load_correlation,
@@ -204,15 +206,44 @@ def test_rotation_nulls_from_sigma_equal_streaming_the_rotated_data(planted):
     for lo, hi in blocks:  # Σ per layer is A's own correlation matrix
         np.testing.assert_allclose(self_r[blocks.index((lo, hi))], reference[lo:hi, lo:hi], atol=1e-6)
     mean, std = unit_moments(a)
-    for seed in (1, 2, 3):
-        q = layer_rotations(2, 16, seed)
-        fast, const = rotated_correlations(observed.r, self_r, q)
-        streamed = pearson(FlatUnits(units_array(paths[0]), None, q, mean, std), b, chunk_size=100)
-        assert not const.any()
-        np.testing.assert_allclose(fast, streamed.r, atol=2e-6)
-    # The file's draws are these products (B is narrower, so B is the rotated side of this pair).
+    for seed in (1, 2, 3):  # one rotation per layer, and one shared by both layers (the stage's null)
+        for q in (layer_rotations(2, 16, seed), random_rotation(16, seed)):
+            fast, const = rotated_correlations(observed.r, self_r, q)
+            streamed = pearson(FlatUnits(units_array(paths[0]), None, q, mean, std), b, chunk_size=100)
+            assert not const.any()
+            np.testing.assert_allclose(fast, streamed.r, atol=2e-6)
+    # The file's draws are these products: B is narrower, so B is the rotated side of this pair, and draw q
+    # rotates every layer of B by random_rotation(12, null_seeds(seed, R)[q]).
     c = load_correlation(corr[("a", "b")])
-    assert c.meta["null_rotated"] == "b" and c.meta["column_blocks"] == 1
+    assert c.meta["null_rotated"] == "b" and c.meta["column_blocks"] == 1 and c.meta["seed"] == 0
+    fb = FlatUnits(units_array(paths[1]))
+    on_b = pearson(fb, a, chunk_size=100, self_blocks=[(0, 12), (12, 24), (24, 36)])
+    for q in (0, 7):
+        rotation = random_rotation(12, null_seeds(0, 20)[q])
+        np.testing.assert_allclose(rotation.T @ rotation, np.eye(12), atol=1e-12)  # Haar QR: truly orthogonal
+        null_r, _ = rotated_correlations(on_b.r, on_b.self_r, rotation)
+        want = topk_partners(null_r, 5).transpose()
+        np.testing.assert_array_equal(c.nulls[q].a_index, want.a_index)
+        np.testing.assert_array_equal(c.nulls[q].b_index, want.b_index)
+        np.testing.assert_allclose(c.nulls[q].a_r, want.a_r, atol=1e-6)
+
+
+def test_rotation_draws_are_made_once_per_draw_however_many_column_blocks(planted, tmp_path, monkeypatch):
+    """A pair in several column blocks gets the same null draws as in one block, from R rotations, not R x blocks."""
+    root, paths, where, corr = planted
+    whole = load_correlation(corr[("a", "b")])
+    original = stage.random_rotation
+    for cache, makes in ((stage.ROTATION_CACHE_BYTES, 1), (0, 8)):  # kept between blocks, or made per block
+        made = []
+        monkeypatch.setattr(stage, "random_rotation", lambda width, seed: made.append(seed) or original(width, seed))
+        monkeypatch.setattr(stage, "ROTATION_CACHE_BYTES", cache)
+        path = correlate_units(paths[0], paths[1], tmp_path / f"blocks{cache}.npz", k=5, chunk_size=100, null_draws=4,
+                               max_block_bytes=4 * 28 * 36)  # 4 of A's 32 units per block (B, 36 units, rotated)
+        blocked = load_correlation(path)
+        assert blocked.meta["column_blocks"] == 8 and sorted(made) == sorted(null_seeds(0, 4) * makes)
+        for q in range(4):  # the first 4 of the file's 20 draws: the same seeds
+            np.testing.assert_array_equal(blocked.nulls[q].a_index, whole.nulls[q].a_index)
+            np.testing.assert_array_equal(blocked.nulls[q].b_index, whole.nulls[q].b_index)
 
 
 def test_layer_subsets(planted, tmp_path):
@@ -288,6 +319,33 @@ def test_null_excess_table_sets_trained_pairs_next_to_nulls_and_controls(tmp_pat
     no_control = table[table["model_b"] == "c"].iloc[0]
     assert pd.isna(no_control["control_pair"]) and np.isnan(no_control["control_matches"])
     assert null_excess_figure(table, tmp_path / "excess.png").stat().st_size > 0
+
+
+def test_unit_kinds_side_by_side_copy_each_kind_and_its_null_band(tmp_path):
+    from convergence.rosetta.report import compare_unit_kinds
+
+    excess, sets = {}, {}
+    for kind, strict in (("mlp", 40), ("residual", 5)):
+        table = null_excess_table([_summary("a", "b", strict, 0.7, null=10.0), _summary("a", "c", 3, 0.5)],
+                                  {"a": None, "b": None, "c": None})
+        excess[kind] = tmp_path / f"{kind}.csv"
+        table.to_csv(excess[kind], index=False)
+        sets[kind] = tmp_path / f"{kind}_sets.json"
+        sets[kind].write_text(json.dumps({"anchor": "a", "sets": {"anchor": strict // 2, "cycle": 1},
+                                          "null": {"anchor": {"sets": 4.0, "sets_sd": 1.0, "z": strict / 2 - 4,
+                                                              "p": 0.05, "draws": 20},
+                                                   "cycle": {"sets": 1.0, "sets_sd": 0.5, "z": 0.0, "p": 0.6,
+                                                             "draws": 20}}}))
+    out = compare_unit_kinds("language", excess, sets, tmp_path / "kinds.csv", tmp_path / "kinds.png")
+    assert (tmp_path / "kinds.png").stat().st_size > 0 and len(pd.read_csv(tmp_path / "kinds.csv")) == len(out)
+    pairs = out[out["what"] == "matches"]
+    assert len(pairs) == 2 * 2 * 2  # kinds x pairs x criteria
+    ab = pairs[(pairs["model_b"] == "b") & (pairs["criterion"] == "strict")].set_index("unit_kind")
+    assert ab.loc["mlp", "observed"] == 40 and ab.loc["residual", "observed"] == 5
+    assert (ab["null"] == 10.0).all() and ab.loc["mlp", "mean_r"] == pytest.approx(0.7)
+    counts = out[out["what"] == "sets"].set_index(["unit_kind", "criterion"])
+    assert counts.loc[("mlp", "anchor"), "observed"] == 20 and counts.loc[("residual", "anchor"), "z"] == -1.5
+    assert counts.loc[("mlp", "cycle"), "null_sd"] == 0.5
 
 
 # ---------------------------------------------------------------- figures on tiny real runs

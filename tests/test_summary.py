@@ -45,11 +45,11 @@ def test_summary_reads_every_stage_table(tmp_path):
                   {"kind": "baseline", "claim": "c", "pair": "lm1__vis", "versus": "px__lm1", "estimate": -0.1,
                    "ci_low": -0.2, "ci_high": 0.0, "q_value": 0.04, "verdict": "reversed"}]
                  ).to_csv(root / "alignment/photos/mutual_knn_claims.csv", index=False)
-    (root / "rosetta/photos").mkdir(parents=True)
+    (root / "rosetta/photos/mlp").mkdir(parents=True)
     pd.DataFrame([{"model_a": "lm1", "model_b": "lm2", "criterion": "strict", "matches": 42, "null_matches": 30.5,
                    "null_matches_sd": 2.0, "z_matches": 5.75, "p_matches": 1 / 21, "control_matches": 12},
                   {"model_a": "lm1", "model_b": "lm2", "criterion": "relaxed", "matches": 99}]
-                 ).to_csv(root / "rosetta/photos/language_null_excess.csv", index=False)
+                 ).to_csv(root / "rosetta/photos/mlp/language_null_excess.csv", index=False)
     (root / "oocr").mkdir()
     pd.DataFrame([{"task": "parity", "question_type": "in_distribution", "model": "m", "condition": c, "score": s,
                    "chance": 0.5, "n": 12, "n_seeds": 2, "status": "not_learned" if c == "finetuned" else None}
@@ -57,13 +57,14 @@ def test_summary_reads_every_stage_table(tmp_path):
                  ).to_csv(root / "oocr/summary.csv", index=False)
     inputs = {"alignment_tables": [str(root / "alignment/photos/mutual_knn.csv")],
               "alignment_claims": [str(root / "alignment/photos/mutual_knn_claims.csv")],
-              "rosetta_excess": [str(root / "rosetta/photos/language_null_excess.csv")],
+              "rosetta_excess": [str(root / "rosetta/photos/mlp/language_null_excess.csv")],
               "oocr_summary": str(root / "oocr/summary.csv")}
     text = "\n".join(summary_lines(**inputs))
     assert "### photos: mutual_knn (N = 100, 5 model pairs)" in text
     assert "| language-language | trained | 2 | 0.400 |" in text
     assert "| kind | reversed | supported |\n|---|---|---|\n| baseline | 1 | 0 |\n| control | 0 | 1 |" in text
     assert "| lm1 | lm2 | 42 | 30.500 | 2.000 | 5.750 | 0.048 | 12 |" in text  # the strict row only
+    assert "### Rosetta neurons, photos (language, MLP neurons): strict mutual best buddies" in text
     assert "| parity | in_distribution | m | 0.520 | 0.610 | 0.500 | 0.500 | 12 | 2 | not_learned |" in text
     md, html = write_summary(inputs, tmp_path / "s.md", tmp_path / "s.html"), tmp_path / "s.html"
     assert md.read_text().startswith("# What the run finds") and "<table>" in html.read_text()

@@ -342,3 +342,28 @@ def test_mlp_units_name_the_model_and_modules_when_no_mlp_is_found():
 def test_mlp_units_are_for_language_models_only(tiny_models, scenes_small, tmp_path):
     with pytest.raises(UnitsError, match="units: mlp is for language models"):
         _units(tiny_models, scenes_small[0], "vit", tmp_path / "v.zarr", spec={"units": "mlp"})
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_unit_kinds_from_one_pass_equal_each_kind_on_its_own(tiny_models, scenes_small, tmp_path, arch):
+    """`kinds=[mlp, residual]` writes a folder with one store per kind, each equal to extracting it alone."""
+    from convergence.rosetta.units import units_path
+
+    samples = scenes_small[0]
+    folder = _units(tiny_models, samples, arch, tmp_path / "both", layers=[1, 2], kinds=["mlp", "residual"])
+    assert sorted(p.name for p in folder.iterdir()) == ["mlp.zarr", "residual.zarr"]
+    for kind in ("mlp", "residual"):
+        alone = open_units(_units(tiny_models, samples, arch, tmp_path / f"{kind}.zarr", layers=[1, 2],
+                                  spec={"units": kind}))
+        both = open_units(units_path(folder, kind))
+        assert both.attrs["units"] == kind and both.sizes["neuron"] == {"mlp": 64, "residual": 32}[kind]
+        np.testing.assert_array_equal(both["activations"].values, alone["activations"].values)
+        assert both["sample_id"].values.tolist() == alone["sample_id"].values.tolist()
+    every = _units(tiny_models, samples, arch, tmp_path / "all", kinds=["mlp", "residual"])  # units_layers: all
+    assert open_units(units_path(every, "residual"))["layer"].values.tolist() == [0, 1, 2]
+    assert open_units(units_path(every, "mlp"))["layer"].values.tolist() == [1, 2]  # no MLP makes layer 0
+    with pytest.raises(UnitsError, match="units: mlp is for language models"):
+        _units(tiny_models, samples, "vit", tmp_path / "v", kinds=["mlp", "residual"])
+    with pytest.raises(UnitsError, match="kinds must name each unit kind once"):
+        _units(tiny_models, samples, arch, tmp_path / "twice", kinds=["mlp", "mlp"])
+    assert not (tmp_path / "v").exists() and not (tmp_path / "twice").exists()

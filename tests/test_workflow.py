@@ -18,7 +18,7 @@ def base_config(tiny_models):
                      "tiny_train": {"sampler": "scenes", "n": 48, "seed": 2, "image_size": 32}},
         "extract": {"chunk_size": 16, "datasets": ["tiny"]},
         "alignment": {"metrics": {"mutual_knn": {"topk": 5}, "cka": {}}, "n_boot": 10, "n_perm": 10},
-        "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4},
+        "rosetta": {"k": 5, "k_relaxed": 3, "grid": 4, "unit_kinds": ["mlp", "residual"]},
         "oocr": {"tasks": ["coins"], "models": ["llama"], "n_eval_per_type": 2, "seeds": [0, 1],
                  "finetune": {"steps": 2, "batch_size": 2}, "icl": {"k": 1}, "free_form": {"samples": 2}},
         "zoo": {"cnn": {"dataset": "tiny_train",
@@ -57,7 +57,7 @@ def test_run_writes_stores_that_xarray_opens(finished_run, base_config):
     assert stores["cnn"].attrs["modality"] == "vision" and 0 < stores["cnn"].attrs["accuracy"] <= 1
     assert stores["cnn"].attrs["layers"] == "blocks" and 0 not in stores["cnn"]["layer"].values  # PRH: no stem
     assert stores["bow"].attrs["init"] == "baseline" and stores["bow"]["layer_name"].values.tolist() == ["counts", "tfidf"]
-    assert not (finished_run / "results/units/tiny/bow.zarr").exists()
+    assert not (finished_run / "results/units/tiny/bow").exists()
     assert (finished_run / "results/zoo/cnn/metrics.json").exists()
     assert not (finished_run / "results/activations/tiny_train").exists()  # extract.datasets: [tiny]
     assert (finished_run / "results/logs/extract/tiny/llama.log").exists()
@@ -70,26 +70,45 @@ def test_rosetta_outputs(finished_run, base_config):
     import pandas as pd
 
     root = finished_run / "results/rosetta/tiny"
-    for modality in ("language", "vision"):
+    # One units folder per model, a store per kind: both kinds for language models, residual for vision.
+    def stores(model):  # the folder's entries but Snakemake's own marker of a directory() output
+        folder = finished_run / "results/units/tiny" / model
+        return sorted(p.name for p in folder.iterdir() if p.name != ".snakemake_timestamp")
+
+    assert stores("llama") == ["mlp.zarr", "residual.zarr"] and stores("cnn") == ["residual.zarr"]
+    for kind, modality in (("mlp", "language"), ("residual", "language"), ("residual", "vision")):
         for suffix in ("null_excess.png", "layers.png", "pairwise.png", "neurons.png", "neurons.md"):
-            assert (root / f"{modality}_{suffix}").stat().st_size > 0
-        excess = pd.read_csv(root / f"{modality}_null_excess.csv")
+            assert (root / kind / f"{modality}_{suffix}").stat().st_size > 0
+        excess = pd.read_csv(root / kind / f"{modality}_null_excess.csv")
         assert {"matches", "null_matches", "excess_over_null"} <= set(excess.columns)
-    sets = pd.read_csv(root / "language_sets.csv")  # three trained language models: llama, gemma, bert
-    assert {"llama_layer", "gemma_neuron", "bert_r"} <= set(sets.columns)
-    assert not (root / "vision_sets.csv").exists()  # two trained vision models: no sets (three or more)
-    summary = json.loads((root / "matches/bert__gemma.json").read_text())
+        assert set(excess["unit_kind"]) == {kind}
+    assert not (root / "mlp" / "vision_null_excess.csv").exists()  # vision models have no MLP units
+    for kind in ("mlp", "residual"):
+        sets = pd.read_csv(root / kind / "language_sets.csv")  # three trained language models: llama, gemma, bert
+        assert {"llama_layer", "gemma_neuron", "bert_r"} <= set(sets.columns)
+    assert not (root / "residual/vision_sets.csv").exists()  # two trained vision models: no sets (three or more)
+    summary = json.loads((root / "mlp/matches/bert__gemma.json").read_text())
     assert summary["model_a"] == "bert" and "strict" in summary
+    widths = {kind: json.loads((root / kind / "matches/bert__gemma.json").read_text())["n_units_a"]
+              for kind in ("mlp", "residual")}
+    assert widths["mlp"] > widths["residual"]  # BERT's intermediate layer is wider than its hidden states
     # Pairs: the trained ones, and for each the one control pair its null-excess row reads; a model and
     # its own control are never correlated (no table reads that pair).
-    assert sorted(p.stem for p in (root / "matches").glob("*.json")) == [
-        "bert-random__gemma", "bert-random__llama", "bert__gemma", "bert__llama", "cnn-random__cnn2", "cnn__cnn2",
-        "gemma__llama"]
+    language = ["bert-random__gemma", "bert-random__llama", "bert__gemma", "bert__llama", "gemma__llama"]
+    assert sorted(p.stem for p in (root / "mlp/matches").glob("*.json")) == language
+    assert sorted(p.stem for p in (root / "residual/matches").glob("*.json")) == sorted(
+        language + ["cnn-random__cnn2", "cnn__cnn2"])
 
     # bert-random is bert's control: the excess table compares trained pairs with it.
-    lang = pd.read_csv(root / "language_null_excess.csv")
+    lang = pd.read_csv(root / "mlp/language_null_excess.csv")
     assert "bert-random" not in set(lang.model_a) | set(lang.model_b)
     assert lang.loc[(lang.model_a == "bert") & (lang.model_b == "gemma"), "control_pair"].notna().all()
+    # The kinds side by side: every trained pair and criterion per kind, and the set counts.
+    kinds = pd.read_csv(root / "language_unit_kinds.csv")
+    assert (root / "language_unit_kinds.png").stat().st_size > 0 and not (root / "vision_unit_kinds.csv").exists()
+    pairs = kinds[kinds["what"] == "matches"]
+    assert len(pairs) == 2 * 3 * 2 and set(pairs["unit_kind"]) == {"mlp", "residual"}  # kinds x pairs x criteria
+    assert set(kinds.loc[kinds["what"] == "sets", "criterion"]) == {"anchor", "cycle"}
 
 
 def test_oocr_summary(finished_run):
@@ -131,13 +150,13 @@ def test_adding_a_model_schedules_exactly_its_new_jobs(finished_run, base_config
     config = copy.deepcopy(base_config)
     config["models"]["mpnet"] = {"source": f"local:{tiny_models['mpnet']}"}
     k = len(base_config["models"])
-    # One extraction, K new pairs per metric, the two aggregates; its units, a correlation and matches with
-    # each of the 3 trained language models and with bert's control (the control pair of (bert, mpnet)),
-    # the language sets and figures.
+    # One extraction, K new pairs per metric, the two aggregates; its units (both kinds, one job), per unit
+    # kind a correlation and matches with each of the 3 trained language models and with bert's control (the
+    # control pair of (bert, mpnet)), the language sets and figures, and the kinds' comparison.
     assert planned_jobs(finished_run, config) == {
         "extract_activations": 1, "align_pair": 2 * k, "aggregate_alignment": 2,
-        "extract_units": 1, "correlate_pair": 4, "match_pair": 4, "rosetta_sets": 1, "rosetta_figures": 1,
-        "summarize_run": 1, "all": 1}
+        "extract_units": 1, "correlate_pair": 2 * 4, "match_pair": 2 * 4, "rosetta_sets": 2, "rosetta_figures": 2,
+        "rosetta_unit_kinds": 1, "summarize_run": 1, "all": 1}  # Rosetta per unit kind, then the kinds compared
 
     config["datasets"]["tiny2"] = {"sampler": "scenes", "n": 16, "seed": 2, "image_size": 32}
     assert planned_jobs(finished_run, config)["extract_activations"] == 1  # not in extract.datasets: unused
@@ -155,9 +174,10 @@ def test_changing_one_model_reruns_that_model_and_its_pairs_only(finished_run, b
     assert planned_jobs(finished_run, config) == {"extract_activations": 1, "align_pair": 2 * (k - 1),
                                                   "aggregate_alignment": 2, "summarize_run": 1, "all": 1}
     config = copy.deepcopy(base_config)
-    config["models"]["bert"]["units_layers"] = [1, 2]  # units only
-    assert planned_jobs(finished_run, config) == {"extract_units": 1, "correlate_pair": 2, "match_pair": 2,
-                                                  "rosetta_sets": 1, "rosetta_figures": 1, "summarize_run": 1, "all": 1}
+    config["models"]["bert"]["units_layers"] = [1, 2]  # units only: bert's two trained pairs, per kind
+    assert planned_jobs(finished_run, config) == {"extract_units": 1, "correlate_pair": 2 * 2, "match_pair": 2 * 2,
+                                                  "rosetta_sets": 2, "rosetta_figures": 2, "rosetta_unit_kinds": 1,
+                                                  "summarize_run": 1, "all": 1}
 
 
 def test_scheduling_knobs_rerun_nothing(finished_run, base_config):

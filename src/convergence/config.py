@@ -290,12 +290,11 @@ def _check_alignment(config: dict) -> None:
         if spec["modality"] != "language" or spec.get("kind", "auto") in ("encoder", "vision"):
             raise ConfigError(f"config key 'oocr.models': '{name}' must be a causal language model")
     for name, spec in config["models"].items():
-        kind = spec.get("units") or ("mlp" if spec["modality"] == "language" else "residual")
-        if kind == "mlp" and spec["modality"] != "language":
+        if spec.get("units") == "mlp" and spec["modality"] != "language":
             raise ConfigError(f"config key 'models.{name}.units': mlp is for language models; vision models use "
                               "their feature maps or patch tokens (units: residual)")
         layers = spec.get("units_layers", "all")
-        if kind == "mlp" and isinstance(layers, list) and 0 in layers:
+        if "mlp" in model_unit_kinds(config, name) and isinstance(layers, list) and 0 in layers:
             raise ConfigError(f"config key 'models.{name}.units_layers': layer 0 is the embedding output, which "
                               "no MLP computes; choose blocks' hidden states (1 and up) or set units: residual")
     _check_oocr(config.get("oocr", {}))
@@ -387,29 +386,50 @@ def controls_of(config: dict) -> dict[str, str | None]:
     return out
 
 
-def rosetta_models(config: dict, dataset: str, modality: str) -> list[str]:
-    """Models whose units Rosetta matches; input baselines have no units (they are no network)."""
+UNIT_KINDS = ("mlp", "residual")
+
+
+def rosetta_unit_kinds(config: dict, modality: str) -> list[str]:
+    """The unit kinds a modality is matched on: language `rosetta.unit_kinds` (default [mlp]: MLP neurons);
+    vision models have one, `residual` (feature maps or patch tokens)."""
+    if modality != "language":
+        return ["residual"]
+    return list(config.get("rosetta", {}).get("unit_kinds") or ["mlp"])
+
+
+def model_unit_kinds(config: dict, model: str) -> list[str]:
+    """The unit kinds a model's units folder holds: its `units` when set (that kind only, e.g. residual for a
+    model whose MLP the hooks cannot find), else its modality's `rosetta_unit_kinds`."""
+    spec = config["models"][model]
+    return [spec["units"]] if spec.get("units") else rosetta_unit_kinds(config, spec["modality"])
+
+
+def rosetta_models(config: dict, dataset: str, modality: str, kind: str | None = None) -> list[str]:
+    """Models whose units Rosetta matches (of unit `kind`, if given); input baselines have no units."""
     chosen = config.get("rosetta", {}).get("models")
     return sorted(m for m in models_on(config, dataset)
                   if config["models"][m]["modality"] == modality and (chosen is None or m in chosen)
-                  and not config["models"][m]["source"].startswith("baseline:"))
+                  and not config["models"][m]["source"].startswith("baseline:")
+                  and (kind is None or kind in model_unit_kinds(config, m)))
 
 
-def rosetta_groups(config: dict) -> list[tuple[str, str]]:
-    """(dataset, modality) groups with at least two trained models (units are only comparable within a
-    modality, and a group without a pair of trained models has no matches to test against its nulls)."""
+def rosetta_groups(config: dict) -> list[tuple[str, str, str]]:
+    """(dataset, modality, unit kind) groups with at least two trained models (units are only comparable
+    within a modality and kind, and a group without a pair of trained models has no matches to test
+    against its nulls)."""
     ro = config.get("rosetta", {})
     if not ro.get("enabled", True):
         return []
     datasets = ro.get("datasets") or list(config["datasets"])
-    return [(d, m) for d in datasets for m in ("language", "vision") if len(rosetta_set_models(config, d, m)) >= 2]
+    return [(d, m, k) for d in datasets for m in ("language", "vision") for k in rosetta_unit_kinds(config, m)
+            if len(rosetta_set_models(config, d, m, k)) >= 2]
 
 
-def rosetta_pairs(config: dict, dataset: str, modality: str) -> list[tuple[str, str]]:
+def rosetta_pairs(config: dict, dataset: str, modality: str, kind: str | None = None) -> list[tuple[str, str]]:
     """The pairs a Rosetta group correlates, in stored (sorted) orientation: every pair of trained models,
     and for each, the one control pair its null-excess row reads: (a, control of b), else (control of a,
     b). Two controls are never paired: no table reads such a pair."""
-    models = rosetta_models(config, dataset, modality)
+    models = rosetta_models(config, dataset, modality, kind)
     trained = [m for m in models if config["models"][m].get("init", "pretrained") == "pretrained"]
     controls = {m: c for m, c in controls_of(config).items() if c in models}
     pairs = []
@@ -423,9 +443,9 @@ def rosetta_pairs(config: dict, dataset: str, modality: str) -> list[tuple[str, 
     return sorted({tuple(sorted(p)) for p in pairs})
 
 
-def rosetta_set_models(config: dict, dataset: str, modality: str) -> list[str]:
+def rosetta_set_models(config: dict, dataset: str, modality: str, kind: str | None = None) -> list[str]:
     """Trained models of a group: Rosetta sets are taken across these (three or more)."""
-    return [m for m in rosetta_models(config, dataset, modality)
+    return [m for m in rosetta_models(config, dataset, modality, kind)
             if config["models"][m].get("init", "pretrained") == "pretrained"]
 
 

@@ -120,8 +120,10 @@ def alignment_section(dataset: str, metric: str, table_csv, claims_csv) -> list[
 
 # ---------------------------------------------------------------------------------------- Rosetta
 
+UNIT_KIND_NAMES = {"mlp": "MLP neurons", "residual": "hidden states / feature maps"}
 
-def rosetta_section(dataset: str, modality: str, excess_csv) -> list[str]:
+
+def rosetta_section(dataset: str, modality: str, excess_csv, units: str | None = None) -> list[str]:
     t = pd.read_csv(excess_csv)
     t = t[t["criterion"] == "strict"] if "criterion" in t else t
     if t.empty:
@@ -133,7 +135,8 @@ def rosetta_section(dataset: str, modality: str, excess_csv) -> list[str]:
     for count in ("matches", "control"):
         if count in frame:
             frame[count] = frame[count].astype("Int64")
-    return [f"### Rosetta neurons, {dataset} ({modality}): strict mutual best buddies", "",
+    kind = f", {UNIT_KIND_NAMES.get(units, units)}" if units else ""
+    return [f"### Rosetta neurons, {dataset} ({modality}{kind}): strict mutual best buddies", "",
             "Observed matches of each trained pair against the rotation null (mean and SD over its draws, z, "
             "empirical p) and against the same pair with a random-init control.", "",
             markdown_table(frame), ""]
@@ -207,8 +210,9 @@ def summary_lines(alignment_tables: Sequence, alignment_claims: Sequence = (), r
     if rosetta_excess:
         lines += ["## Rosetta neurons", ""]
         for path in rosetta_excess:
-            key = _parse(path, r"rosetta/(?P<dataset>[^/]+)/(?P<modality>[a-z]+)_null_excess\.csv$")
-            lines += rosetta_section(key["dataset"], key["modality"], path)
+            key = _parse(path, r"rosetta/(?P<dataset>[^/]+)/(?:(?P<units>mlp|residual)/)?(?P<modality>[a-z]+)"
+                               r"_null_excess\.csv$")
+            lines += rosetta_section(key["dataset"], key["modality"], path, key["units"])
     if generator_edits or generator_matches:
         lines += ["## Rosetta neurons with a generator", ""]
         names = sorted({Path(p).parent.name for p in [*generator_edits, *generator_matches]})

@@ -10,6 +10,8 @@
 - `match_summary_figure`: matches per layer pair (heatmap) next to the rotation null's, and their mean r.
 - `null_excess_figure`: per trained pair, matches next to the rotation null's band (mean ± 2 SD over its
   draws) and the random-init control.
+- `unit_kinds_figure`: the unit kinds of a modality (MLP neurons, residual coordinates) side by side, each
+  observed value against its own null band, for matches per pair and for the set counts.
 
 Unit selections come as a table with columns `{model}_layer` and `{model}_neuron` per model and a
 `mean_r` (the Rosetta sets table of `rosetta_sets_from_pairs`); `matches_as_sets` turns a `match_units`
@@ -307,7 +309,8 @@ def match_summary_figure(summary, out_path: str | Path, criterion: str = "strict
     return save_figure(fig, out_path)
 
 
-def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, criterion: str = "strict") -> Path:
+def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, criterion: str = "strict",
+                       title: str | None = None) -> Path:
     """Grouped bars per trained pair: matches observed, rotation null, random-init control (`null_excess_table`)."""
     t = table if isinstance(table, pd.DataFrame) else read_table(table)
     t = t[t["criterion"] == criterion].reset_index(drop=True)
@@ -324,6 +327,55 @@ def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, c
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{criterion}: {title}", fontsize=9)
     axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out_path)
+
+
+def unit_kinds_figure(table: pd.DataFrame | str | Path, out_path: str | Path, title: str | None = None) -> Path:
+    """Unit kinds side by side (`report.compare_unit_kinds` table): per panel (strict matches, relaxed
+    matches, mean r of strict matches, set counts) and per pair or set mode, each kind's rotation null as a
+    band (mean ± 2 SD over the draws, the null mean marked) and its observed value as a dot, with z."""
+    t = table if isinstance(table, pd.DataFrame) else read_table(table)
+    kinds = list(dict.fromkeys(t["unit_kind"]))
+    colours = dict(zip(kinds, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    matches = t[t["what"] == "matches"]
+    panels = [(matches[matches["criterion"] == c], "observed", "null", "null_sd", "z", f"{c} matches")
+              for c in ("strict", "relaxed")]
+    panels.append((matches[matches["criterion"] == "strict"], "mean_r", "null_mean_r", "null_mean_r_sd", "z_mean_r",
+                   "mean r of strict matches"))
+    sets = t[t["what"] == "sets"]
+    if len(sets):
+        panels.append((sets, "observed", "null", "null_sd", "z", "Rosetta sets"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    width = 0.8 / max(len(kinds), 1)
+    for ax, (part, obs, null, sd, z, name) in zip(axes[0], panels):
+        is_sets = name.startswith("Rosetta sets")
+        labels = list(dict.fromkeys(part["criterion"] if is_sets else part["model_a"] + " × " + part["model_b"]))
+        for i, kind in enumerate(kinds):
+            rows = part[part["unit_kind"] == kind]
+            keys = rows["criterion"] if is_sets else rows["model_a"] + " × " + rows["model_b"]
+            x = np.array([labels.index(k) for k in keys], float) + (i - (len(kinds) - 1) / 2) * width
+            mean = pd.to_numeric(rows[null], errors="coerce").to_numpy(float)
+            spread = 2 * pd.to_numeric(rows[sd], errors="coerce").fillna(0).to_numpy(float)
+            ax.bar(x, 2 * spread, width * 0.9, bottom=mean - spread, color=colours[kind], alpha=0.25,
+                   label=f"{kind}: null mean ± 2 SD")
+            ax.scatter(x, mean, marker="_", s=120, color=colours[kind])
+            observed = pd.to_numeric(rows[obs], errors="coerce").to_numpy(float)
+            ax.scatter(x, observed, s=22, color=colours[kind], zorder=3, label=f"{kind}: observed")
+            for xi, yi, zi in zip(x, observed, pd.to_numeric(rows[z], errors="coerce")):
+                if np.isfinite(yi):
+                    ax.annotate(f"z {zi:.1f}" if np.isfinite(zi) else "z -", (xi, yi), textcoords="offset points",
+                                xytext=(0, 5), ha="center", fontsize=6)
+        ax.set_xticks(range(len(labels)), labels, rotation=45 if not is_sets else 0, ha="right" if not is_sets else
+                      "center", fontsize=7)
+        if not name.startswith("mean r"):
+            ax.set_yscale("symlog", linthresh=10)
+        ax.set_title(name, fontsize=9)
+    axes[0, 0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_path)
 
@@ -333,4 +385,4 @@ def _fmt(x) -> str:
 
 
 __all__ = ["gather_units", "image_units_figure", "match_summary_figure", "matches_as_sets", "null_excess_figure",
-           "text_units_figure"]
+           "text_units_figure", "unit_kinds_figure"]

@@ -94,7 +94,7 @@ def topk_partners(r: PearsonResult | np.ndarray, k: int, absolute: bool = False)
     values = np.ascontiguousarray(dense, dtype=np.result_type(dense.dtype, np.float32))
     scores = _ranking_scores(torch.from_numpy(values), const_a, const_b, absolute)
     a_index, a_r = _top(scores, dense, k)
-    b_index, b_r = _top(scores.T, dense.T, k)
+    b_index, b_r = _top(scores, dense, k, dim=0)
     return TopKPartners(a_index, a_r, b_index, b_r, const_a, const_b, _max_abs(dense, const_a, const_b), absolute)
 
 
@@ -138,7 +138,7 @@ def pearson_topk(
         part = pearson(a, columns, **pearson_kw)
         scores = _ranking_scores(torch.from_numpy(part.r), part.const_a, part.const_b, absolute)
         a_side.add(scores, part.r, offset=start)
-        index, values = _top(scores.T, part.r.T, k)  # each block holds every A unit: B's top-k is final
+        index, values = _top(scores, part.r, k, dim=0)  # each block holds every A unit: B's top-k is final
         b_index.append(index)
         b_r.append(values)
         const_b.append(part.const_b)
@@ -158,12 +158,14 @@ class _RunningTopK:
         self.r = torch.empty((rows, 0))
 
     def add(self, scores: torch.Tensor, r: np.ndarray, offset: int) -> None:
-        block_index = torch.arange(offset, offset + scores.shape[1]).expand(scores.shape[0], -1)
-        scores = torch.cat([self.scores, scores], dim=1)
-        index = torch.cat([self.index, block_index], dim=1)
-        values = torch.cat([self.r, torch.from_numpy(r).float()], dim=1)
-        self.scores, pick = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
-        self.index, self.r = index.gather(1, pick), values.gather(1, pick)
+        # The block's own top-k first, then a merge of 2k candidates per row: never a copy of the block.
+        best, pick = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
+        values = torch.from_numpy(np.asarray(r)).gather(1, pick).float()
+        scores = torch.cat([self.scores, best], dim=1)
+        index = torch.cat([self.index, pick + offset], dim=1)
+        values = torch.cat([self.r, values], dim=1)
+        self.scores, keep = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
+        self.index, self.r = index.gather(1, keep), values.gather(1, keep)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         empty = torch.isinf(self.scores)
@@ -226,18 +228,25 @@ def _dense_parts(r: PearsonResult | np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def _ranking_scores(r: torch.Tensor, const_a: np.ndarray, const_b: np.ndarray, absolute: bool) -> torch.Tensor:
-    """What top-k ranks by: r or |r|, with constant units at -inf so they are never chosen."""
+    """What top-k ranks by: r or |r|, with constant units at -inf so they are never chosen (r itself,
+    uncopied, when it is ranked by sign and no unit is constant)."""
+    const_a, const_b = np.asarray(const_a, bool), np.asarray(const_b, bool)
+    if not absolute and not const_a.any() and not const_b.any():
+        return r
     scores = r.abs() if absolute else r.clone()
-    scores[torch.from_numpy(np.asarray(const_a, bool))] = -torch.inf
-    scores[:, torch.from_numpy(np.asarray(const_b, bool))] = -torch.inf
+    scores[torch.from_numpy(const_a)] = -torch.inf
+    scores[:, torch.from_numpy(const_b)] = -torch.inf
     return scores
 
 
-def _top(scores: torch.Tensor, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k along rows; slots that only found -inf (constant units) become index -1, r 0."""
-    kk = min(k, scores.shape[1])
-    best, index = torch.topk(scores, kk, dim=1)
-    values = np.take_along_axis(np.asarray(r), index.numpy(), axis=1)
+def _top(scores: torch.Tensor, r: np.ndarray, k: int, dim: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row (`dim=1`) or of each column (`dim=0`, returned as rows: `[columns, k]`);
+    slots that only found -inf (constant units) become index -1, r 0."""
+    kk = min(k, scores.shape[dim])
+    best, index = torch.topk(scores, kk, dim=dim)
+    values = np.take_along_axis(np.asarray(r), index.numpy(), axis=dim)
+    if dim == 0:
+        best, index, values = best.T, index.T, values.T
     empty = torch.isinf(best).numpy()
     index = np.where(empty, NO_PARTNER, index.numpy())
     values = np.where(empty, 0.0, values).astype(np.float32)
@@ -254,9 +263,16 @@ def _pad(index: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return index, values.astype(np.float32)
 
 
-def _max_abs(dense: np.ndarray, const_a: np.ndarray, const_b: np.ndarray) -> float:
-    live = np.abs(dense[~const_a][:, ~const_b])
-    return float(live.max()) if live.size else 0.0
+def _max_abs(dense, const_a: np.ndarray, const_b: np.ndarray) -> float:
+    """max |r| over non-constant units (one threaded reduction; a masked copy only when units are constant)."""
+    values = torch.as_tensor(np.asarray(dense))
+    const_a, const_b = np.asarray(const_a, bool), np.asarray(const_b, bool)
+    if const_a.any() or const_b.any():
+        values = values[torch.from_numpy(~const_a)][:, torch.from_numpy(~const_b)]
+    if not values.numel():
+        return 0.0
+    low, high = torch.aminmax(values)
+    return float(max(-low, high))
 
 
 def _sorted_matches(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, absolute: bool) -> Matches:

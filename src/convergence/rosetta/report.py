@@ -1,5 +1,6 @@
-"""The Rosetta stage's per-group outputs (one dataset x modality): sets across trained models, the
-null-excess table, and the figures. Called by thin Snakemake scripts."""
+"""The Rosetta stage's per-group outputs (one dataset x modality x unit kind): sets across trained models,
+the null-excess table, and the figures; and the unit kinds of a modality side by side. Called by thin
+Snakemake scripts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from convergence.rosetta.units import open_units
 from convergence.utils import write_text
 
 from . import figures
-from .stage import DEFAULT_K_BACK, null_excess_table, read_summary, rosetta_sets_from_pairs, save_table
+from .stage import DEFAULT_K_BACK, null_excess_table, read_summary, read_table, rosetta_sets_from_pairs, save_table
 
 
 def choose_anchor(units: Mapping[str, str | Path], configured: str | None = None) -> str:
@@ -49,11 +50,15 @@ def best_trained_pair(summaries: Mapping[tuple[str, str], str | Path], controls:
 def make_figures(modality: str, summaries: Mapping[tuple[str, str], str | Path],
                  matches: Mapping[tuple[str, str], str | Path], units: Mapping[str, str | Path],
                  samples_path, controls: Mapping[str, str | None], out: Mapping[str, str | Path],
-                 sets_path=None) -> pd.DataFrame:
-    """Write out['excess'] (csv), out['excess_png'], out['layers'], out['pairwise'], out['neurons'], out['md']."""
+                 sets_path=None, kind: str | None = None) -> pd.DataFrame:
+    """Write out['excess'] (csv), out['excess_png'], out['layers'], out['pairwise'], out['neurons'], out['md'].
+
+    `kind`: the unit kind of the group ("mlp", "residual"), named in the tables and titles."""
     table = null_excess_table(summaries, controls)
+    if kind is not None:
+        table.insert(0, "unit_kind", kind)
     save_table(table, out["excess"])
-    figures.null_excess_figure(table, out["excess_png"])
+    figures.null_excess_figure(table, out["excess_png"], title=f"{kind} units" if kind else None)
     pair = best_trained_pair(summaries, controls)
     figures.match_summary_figure(summaries[pair], out["layers"])
     pairwise = figures.matches_as_sets(matches[pair], *pair)
@@ -82,3 +87,35 @@ def _sets_markdown(sets, are_sets: bool) -> str:
     lines = [f"# Top {kind}", "", f"{len(t)} in all; the 20 with the largest mean r:", "",
              "```", head.to_string(index=False), "```"]
     return "\n".join(lines) + "\n"
+
+
+def compare_unit_kinds(modality: str, excess: Mapping[str, str | Path], sets: Mapping[str, str | Path],
+                       out_table, out_png) -> pd.DataFrame:
+    """The unit kinds of one modality side by side against their rotation-null bands.
+
+    `excess[kind]`: the kind's null-excess table (`make_figures`); `sets[kind]`: its sets summary JSON
+    (optional). Table (long, one row per kind x quantity): `unit_kind`, `what` (`matches` per trained pair
+    and criterion, `sets` per mode), `model_a`, `model_b` (sets: the anchor and "all"), `criterion`,
+    `observed`, `null`, `null_sd`, `z`, `p`, `draws`, and for matches `mean_r`, `null_mean_r`,
+    `null_mean_r_sd`, `z_mean_r`, `p_mean_r`. Figure: `figures.unit_kinds_figure`.
+    """
+    rows = []
+    for kind, path in excess.items():
+        t = read_table(path)
+        for r in t.itertuples(index=False):
+            rows.append({"unit_kind": kind, "what": "matches", "model_a": r.model_a, "model_b": r.model_b,
+                         "criterion": r.criterion, "observed": r.matches, "null": r.null_matches,
+                         "null_sd": r.null_matches_sd, "z": r.z_matches, "p": r.p_matches, "draws": r.null_draws,
+                         "mean_r": r.mean_r, "null_mean_r": r.null_mean_r, "null_mean_r_sd": r.null_mean_r_sd,
+                         "z_mean_r": r.z_mean_r, "p_mean_r": r.p_mean_r})
+    for kind, path in sets.items():
+        s = read_summary(path)
+        for mode, count in (s.get("sets") or {}).items():
+            band = (s.get("null") or {}).get(mode) or {}
+            rows.append({"unit_kind": kind, "what": "sets", "model_a": s.get("anchor"), "model_b": "all",
+                         "criterion": mode, "observed": count, "null": band.get("sets"), "null_sd": band.get("sets_sd"),
+                         "z": band.get("z"), "p": band.get("p"), "draws": band.get("draws")})
+    table = pd.DataFrame(rows)
+    save_table(table, out_table)
+    figures.unit_kinds_figure(table, out_png, title=f"{modality}: unit kinds against their rotation nulls")
+    return table

@@ -23,10 +23,12 @@ Correlation file (`.npz`, `load_correlation` reads it):
 - `meta`: a JSON string (models, dataset, positions, k, seed, layers, timings, ...).
 
 Rotation null (R seeded draws): within every layer of one model (the one with narrower layers), the units
-are z-scored and then mixed by a Haar-random orthogonal matrix (block-diagonal over layers, one rotation
-per layer and draw). No draw reads the data again: Pearson of the rotated units with B is
-diag(QᵀΣQ)^(-1/2)·QᵀR per layer, Σ the layer's correlation matrix (accumulated in the observed pass) and R
-the observed correlations (`rotated_correlations`). This keeps each layer's
+are z-scored and then mixed by a Haar-random orthogonal matrix (block-diagonal over layers: one rotation
+per draw, `null_seeds`, shared by the layers, so the rotated basis is one basis for the whole model as the
+unit basis was; made once per draw however many column blocks the pair takes). No draw reads the data
+again: Pearson of the rotated units with B is diag(QᵀΣQ)^(-1/2)·QᵀR per layer, Σ the layer's correlation
+matrix (accumulated in the observed pass) and R the observed correlations (`rotated_correlations`;
+`layer_rotations` gives the per-layer variant). This keeps each layer's
 information (and its correlation structure up to rotation) but removes its privileged unit basis; the
 matches found on it are chance matches. Units are z-scored first because Pearson ignores unit scales and
 the null must too: rotating raw values lets a few high-variance units (e.g. LM "massive activation"
@@ -67,6 +69,8 @@ DEFAULT_NULL_DRAWS = 20
 DEFAULT_K_BACK = 5  # the Rosetta Neurons reference's n = 5
 DEFAULT_BLOCK_BYTES = 1536 * 2**20
 BYTES_PER_ENTRY = 28
+# The R rotations of a pair correlated in several column blocks are kept between blocks up to this size.
+ROTATION_CACHE_BYTES = 512 * 2**20
 TOPK_FIELDS = ("a_index", "a_r", "b_index", "b_r", "const_a", "const_b", "max_abs_r", "absolute")
 CRITERIA = ("strict", "relaxed")
 
@@ -77,9 +81,10 @@ CRITERIA = ("strict", "relaxed")
 class FlatUnits:
     """Lazy `[N, L*D]` view of a `(position, layer, neuron)` array: unit `l*D + d` = layer slot l, neuron d.
 
-    `layer_slots` selects layers (indices along the store's layer axis). With `rotations [L, D, D]` the
-    view is the rotation null: each layer's units are z-scored (`mean`, `std` `[L*D]`, see
-    `unit_moments`) and then mixed by that layer's orthogonal matrix, chunk by chunk.
+    `layer_slots` selects layers (indices along the store's layer axis). With `rotations` (`[D, D]`, shared
+    by every layer as in `correlate_units`' null, or `[L, D, D]`, one per layer) the view is the rotation
+    null: each layer's units are z-scored (`mean`, `std` `[L*D]`, see `unit_moments`) and then mixed by the
+    layer's orthogonal matrix, chunk by chunk.
     """
 
     def __init__(self, array: Any, layer_slots: Sequence[int] | None = None, rotations: np.ndarray | None = None,
@@ -94,8 +99,11 @@ class FlatUnits:
         self.rotations = None
         if rotations is not None:
             rotations = np.asarray(rotations, np.float64)
+            if rotations.shape == (width, width):  # one rotation shared by every layer
+                rotations = np.broadcast_to(rotations, (len(self.slots), width, width))
             if rotations.shape != (len(self.slots), width, width):
-                raise ValueError(f"rotations must be [{len(self.slots)}, {width}, {width}], got {rotations.shape}")
+                raise ValueError(f"rotations must be [{width}, {width}] or [{len(self.slots)}, {width}, {width}], "
+                                 f"got {rotations.shape}")
             if mean is None or std is None:
                 raise ValueError("a rotated view needs the units' mean and std (unit_moments)")
             self.rotations = rotations.astype(np.float32)
@@ -138,9 +146,41 @@ def unit_moments(source: Any, chunk_size: int | None = None) -> tuple[np.ndarray
 
 
 def layer_rotations(n_layers: int, width: int, seed: int) -> np.ndarray:
-    """One Haar-random orthogonal `[width, width]` matrix per layer, reproducible from `seed`."""
+    """One Haar-random orthogonal `[width, width]` matrix per layer, reproducible from `seed` (float64).
+
+    `correlate_units` draws one rotation per draw and shares it across layers (`null_rotation`); this is
+    the per-layer variant, for comparing the two nulls.
+    """
     children = np.random.SeedSequence(int(seed)).spawn(n_layers)
     return np.stack([random_rotation(width, int(c.generate_state(1)[0])) for c in children])
+
+
+def null_seeds(seed: int, draws: int) -> list[int]:
+    """The seed of each rotation-null draw of `correlate_units` (draw q: `random_rotation(width, seeds[q])`)."""
+    return [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(int(seed)).spawn(int(draws))]
+
+
+class _NullRotations:
+    """Draw q's rotation (float32 `[w, w]`: the products are float32), made once per draw.
+
+    A pair correlated in several column blocks needs every draw's rotation once per block: the rotations
+    are kept between blocks while they fit `cache_bytes` (`ROTATION_CACHE_BYTES`; 20 draws at width 2048
+    take 320 MiB), else made again (a QR per draw and block, each under a second at MLP widths; such pairs
+    are large and spend far longer in their data passes).
+    """
+
+    def __init__(self, width: int, seeds: Sequence[int], cache_bytes: int):
+        self.width, self.seeds = width, list(seeds)
+        self.keep = len(self.seeds) * width * width * 4 <= cache_bytes
+        self._made: dict[int, torch.Tensor] = {}
+
+    def __getitem__(self, q: int) -> torch.Tensor:
+        if q in self._made:
+            return self._made[q]
+        rotation = torch.from_numpy(random_rotation(self.width, self.seeds[q]).astype(np.float32))
+        if self.keep:
+            self._made[q] = rotation
+        return rotation
 
 
 def check_same_positions(a, b, names: tuple[str, str] = ("a", "b")) -> None:
@@ -246,27 +286,27 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     dense = dim_a * dim_b <= dense_max_entries
     observed = _PartnerBuilder(dim_x, int(k), absolute)
     nulls = [_PartnerBuilder(dim_x, null_k, absolute) for _ in range(draws)]
-    draw_seeds = [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(int(seed)).spawn(draws)]
-    obs_dense, null_dense, self_r = [], [], None
+    n_blocks = -(-dim_y // columns)
+    rotations = _NullRotations(x.width, null_seeds(seed, draws), ROTATION_CACHE_BYTES if n_blocks > 1 else 0)
+    obs_dense, null_dense, sigma = [], [], None
     timing = {"pass": 0.0, "null": 0.0, "rotations": 0.0}
     for start in range(0, dim_y, columns):
         t = time.time()
         part = pearson(x, ColumnView(y, slice(start, start + columns)), chunk_size=chunk_size, dtype=np.float32,
-                       self_blocks=blocks if draws and self_r is None else None)
+                       self_blocks=blocks if draws and sigma is None else None)
         timing["pass"] += time.time() - t
-        if self_r is None:
-            self_r = part.self_r
+        if draws and sigma is None:
+            sigma = torch.from_numpy(np.stack(part.self_r).astype(np.float32))  # [L, w, w], once per pair
         observed.add(part.r, start, part.const_a, part.const_b)
         if dense:
             obs_dense.append(part.r)
         for q in range(draws):
             t = time.time()
-            rotations = layer_rotations(len(blocks), x.width, draw_seeds[q])
+            rotation = rotations[q]
             timing["rotations"] += time.time() - t
             t = time.time()
-            null_r, const_null = rotated_correlations(part.r, self_r, rotations)
-            observed_null = nulls[q]
-            observed_null.add(null_r, start, const_null, part.const_b)
+            null_r, const_null = rotated_correlations(part.r, sigma, rotation)
+            nulls[q].add(null_r, start, const_null, part.const_b)
             if dense and q == 0:
                 null_dense.append(null_r)
             timing["null"] += time.time() - t
@@ -292,11 +332,11 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
         "init_a": ds_a.attrs.get("init"), "init_b": ds_b.attrs.get("init"),
         "k": int(k), "null_k": null_k if draws else None, "seed": int(seed), "absolute": bool(absolute),
         "rotation_null": bool(draws), "null_draws": draws,
-        "null": (f"per-layer Haar rotation of {'B' if rotate_b else 'A'}'s z-scored units, {draws} draws"
-                 if draws else None),
+        "null": (f"Haar rotation of {'B' if rotate_b else 'A'}'s z-scored units, one per draw shared by its "
+                 f"layers, {draws} draws" if draws else None),
         "null_rotated": ("b" if rotate_b else "a") if draws else None,
         "dense": bool(dense), "n_const_a": int(observed.const_a.sum()), "n_const_b": int(observed.const_b.sum()),
-        "column_blocks": int(-(-dim_y // columns)),
+        "column_blocks": int(n_blocks),
         "seconds_pass": round(timing["pass"], 3), "seconds_rotations": round(timing["rotations"], 3),
         "seconds_null_products": round(timing["null"], 3), "seconds_total": round(time.time() - t0, 3),
     }
@@ -317,30 +357,32 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     return out_path
 
 
-def rotated_correlations(r: np.ndarray, self_r: Sequence[np.ndarray], rotations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson of `Z_l Q_l` (each layer's z-scored units rotated) with B's units, from the observed `r` alone.
+def rotated_correlations(r: np.ndarray, self_r, rotation) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson of `Z_l Q` (each layer's z-scored units rotated) with B's units, from the observed `r` alone.
 
-    `r [L*D, Db]`: observed correlations of the rotated model's units (rows) with B; `self_r[l] [D, D]`:
-    the correlation matrix Σ_l of layer l (constant units: zero rows and columns); `rotations [L, D, D]`.
+    `r [L*D, Db]`: observed correlations of the rotated model's units (rows) with B; `self_r [L, D, D]`
+    (array, tensor or list): the correlation matrix Σ_l of each layer (constant units: zero rows and
+    columns); `rotation`: one orthogonal `[D, D]` shared by every layer, or `[L, D, D]`, one per layer.
     For U = Z Q: cov(U, B)/σ_B = Qᵀ R and var(U) = diag(Qᵀ Σ Q), so r_null = diag(QᵀΣQ)^(-1/2) Qᵀ R
-    exactly: the same as streaming the rotated data again. Returns r_null (float32) and the mask of
-    rotated units that are constant (a layer whose units are all constant).
+    exactly: the same as streaming the rotated data again. float32 products. Returns r_null (float32) and
+    the mask of rotated units that are constant (a layer whose units are all constant).
     """
-    width = rotations.shape[1]
-    out = np.empty(r.shape, np.float32)
-    const = np.zeros(r.shape[0], np.bool_)
-    for layer, q in enumerate(rotations):
-        rows = slice(layer * width, (layer + 1) * width)
-        q32 = torch.from_numpy(q.astype(np.float32))
-        sigma = torch.from_numpy(np.asarray(self_r[layer], np.float32))
-        var = ((sigma @ q32) * q32).sum(0).double().numpy()  # diag(QᵀΣQ)
-        dead = var <= 1e-6
-        inv = torch.from_numpy(np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, var))).astype(np.float32))
-        block = q32.T @ torch.from_numpy(np.ascontiguousarray(r[rows], np.float32))
-        block.mul_(inv[:, None]).clamp_(-1.0, 1.0)
-        out[rows] = block.numpy()
-        const[rows] = dead
-    return out, const
+    sigma = torch.as_tensor(np.asarray(self_r, np.float32)) if not isinstance(self_r, torch.Tensor) else self_r.float()
+    n_layers, width = sigma.shape[0], sigma.shape[1]
+    q = torch.as_tensor(np.asarray(rotation, np.float32)) if not isinstance(rotation, torch.Tensor) else rotation.float()
+    if q.shape not in ((width, width), (n_layers, width, width)) or r.shape[0] != n_layers * width:
+        raise ValueError(f"r [{r.shape[0]}, .] holds {n_layers} layers of {width} units? rotation {tuple(q.shape)}, "
+                         f"self_r {tuple(sigma.shape)}")
+    var = (torch.matmul(sigma, q) * q).sum(-2).double()  # [L, D]: q_jᵀ Σ_l q_j = diag(QᵀΣ_lQ)
+    dead = var <= 1e-6
+    inv = torch.where(dead, 0.0, 1.0 / torch.sqrt(torch.where(dead, 1.0, var))).float()
+    r3 = torch.from_numpy(np.ascontiguousarray(r, np.float32)).view(n_layers, width, -1)
+    out = torch.empty_like(r3)
+    for layer in range(n_layers):
+        q_l = q if q.ndim == 2 else q[layer]
+        torch.mm(q_l.T, r3[layer], out=out[layer])
+    out.mul_(inv[:, :, None]).clamp_(-1.0, 1.0)
+    return out.view(n_layers * width, -1).numpy(), dead.reshape(-1).numpy()
 
 
 class _PartnerBuilder:
@@ -356,7 +398,7 @@ class _PartnerBuilder:
     def add(self, r: np.ndarray, offset: int, const_x: np.ndarray, const_y: np.ndarray) -> None:
         scores = _ranking_scores(torch.from_numpy(r), const_x, const_y, self.absolute)
         self.rows.add(scores, r, offset)
-        index, values = _top(scores.T, r.T, self.k)
+        index, values = _top(scores, r, self.k, dim=0)
         self.col_index.append(index)
         self.col_r.append(values)
         self.const_y.append(np.asarray(const_y, bool))

@@ -57,7 +57,7 @@ import inspect
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -303,12 +303,13 @@ class TextUnits:
     positions = "word"
 
     def __init__(self, lm: LoadedModel, texts: list[str], sample_ids: list[str], max_length: int,
-                 units: str = "residual"):
+                 units: str | Sequence[str] = "residual"):
         tok = lm.processor
         if not getattr(tok, "is_fast", False):
             raise UnitsError(f"units of {lm.source} need a fast tokenizer (character offsets); "
                              f"{type(tok).__name__} is not one")
-        self.lm, self.texts, self.ids, self.max_length, self.units = lm, texts, sample_ids, max_length, units
+        self.lm, self.texts, self.ids, self.max_length = lm, texts, sample_ids, max_length
+        self.kinds = [units] if isinstance(units, str) else list(units)
         self.words = [split_words(t) for t in texts]
         enc = tok(texts, truncation=False, padding=False, return_offsets_mapping=True,
                   return_special_tokens_mask=True)
@@ -329,25 +330,34 @@ class TextUnits:
         self._accepted = inspect.signature(self.net.forward).parameters
         self._mlp_checked = False
 
-    def forward(self, idx: np.ndarray, layers: list[int]) -> list[np.ndarray]:
-        """Per sample of `idx`: `[n_words, L, D]` float32 (D: the MLP width for units "mlp")."""
+    def forward(self, idx: np.ndarray, layers: Sequence[int] | Mapping[str, Sequence[int]]) -> dict[str, list[np.ndarray]]:
+        """Per unit kind, per sample of `idx`: `[n_words, L, D]` float32 (D: the MLP width for "mlp").
+
+        One forward pass gives every kind: the MLP hooks and the hidden states together. `layers`: hidden-state
+        indices, or per kind.
+        """
+        layers = {kind: list(layers[kind] if isinstance(layers, Mapping) else layers) for kind in self.kinds}
         lm = self.lm
         enc = lm.processor([self.texts[i] for i in idx], padding=True, truncation=False, return_tensors="pt",
                            return_offsets_mapping=True, return_special_tokens_mask=True)
         offsets, special = enc.pop("offset_mapping").numpy(), enc.pop("special_tokens_mask").numpy()
         inputs = {k: v.to(lm.device) for k, v in enc.items() if k in self._accepted}
-        if self.units == "mlp":
-            with MLPCapture(self.net, layers, lm.n_hidden_states) as capture:
-                self.net(**inputs)
-            hidden = capture.stacked(layers)  # [B, L, T, D_mlp]
+        residual = "residual" in self.kinds
+        hidden = {}
+        if "mlp" in self.kinds:
+            with MLPCapture(self.net, layers["mlp"], lm.n_hidden_states) as capture:
+                out = self.net(**inputs, output_hidden_states=residual)
+            hidden["mlp"] = capture.stacked(layers["mlp"])  # [B, L, T, D_mlp]
         else:
             out = self.net(**inputs, output_hidden_states=True)
-            hidden = torch.stack([out.hidden_states[i] for i in layers], dim=1).float()  # [B, L, T, D]
-        result = []
+        if residual:
+            hidden["residual"] = torch.stack([out.hidden_states[i] for i in layers["residual"]], dim=1).float()
+        result = {kind: [] for kind in self.kinds}
         for row, i in enumerate(idx):
             weights = word_token_weights(self.words[i], offsets[row], special[row], self.ids[i])
-            w = torch.from_numpy(weights).to(hidden)  # [W, T]
-            result.append(torch.einsum("wt,ltd->wld", w, hidden[row]).cpu().numpy())
+            for kind in self.kinds:
+                w = torch.from_numpy(weights).to(hidden[kind])  # [W, T]
+                result[kind].append(torch.einsum("wt,ltd->wld", w, hidden[kind][row]).cpu().numpy())
         return result
 
     def coords(self, sample_index: int) -> dict[str, np.ndarray]:
@@ -369,11 +379,14 @@ class ImageUnits:
         self.lengths = np.zeros(len(image_paths), np.int64)
         self.n_positions = np.full(len(image_paths), self.grid ** 2)
 
-    def forward(self, idx: np.ndarray, layers: list[int]) -> list[np.ndarray]:
+    kinds = ["residual"]
+
+    def forward(self, idx: np.ndarray, layers: Sequence[int] | Mapping[str, Sequence[int]]) -> dict[str, list[np.ndarray]]:
         from PIL import Image
 
+        layers = list(layers["residual"] if isinstance(layers, Mapping) else layers)
         images = [Image.open(self.paths[i]).convert("RGB") for i in idx]
-        return list(image_units(self.lm, images, layers, self.grid).cpu().numpy())
+        return {"residual": list(image_units(self.lm, images, layers, self.grid).cpu().numpy())}
 
     def coords(self, sample_index: int) -> dict[str, np.ndarray]:
         return {}
@@ -442,45 +455,63 @@ class _ChunkedWriter:
         self.written += len(rows["activations"])
 
 
-def write_units(inputs, sample_ids: list[str], out: Path, layers: list[int], batch_size: int, window: int,
-                store_dtype, attrs: dict, progress: bool = True, chunk_rows: int | None = None) -> None:
-    """Run `inputs` (TextUnits/ImageUnits) window by window and stream its positions into the store at `out`."""
-    writer = _ChunkedWriter(out, layers, attrs, store_dtype, chunk_rows)
-    bar = tqdm(total=len(sample_ids), desc=f"units {attrs['model']}", unit="sample", disable=not progress,
-               mininterval=2)
+def write_units(inputs, sample_ids: list[str], outs: Mapping[str, Path], layers: Mapping[str, list[int]],
+                batch_size: int, window: int, store_dtype, attrs: Mapping[str, dict], progress: bool = True,
+                chunk_rows: int | None = None) -> None:
+    """Run `inputs` (TextUnits/ImageUnits) window by window and stream its positions into one store per unit
+    kind: `outs[kind]`, holding hidden-state indices `layers[kind]`, with attributes `attrs[kind]`."""
+    writers = {kind: _ChunkedWriter(path, layers[kind], attrs[kind], store_dtype, chunk_rows)
+               for kind, path in outs.items()}
+    model = next(iter(attrs.values()))["model"]
+    bar = tqdm(total=len(sample_ids), desc=f"units {model}", unit="sample", disable=not progress, mininterval=2)
     with torch.inference_mode():
         for start, stop, batches in plan_batches(inputs.lengths, window, batch_size):
-            per_sample: dict[int, np.ndarray] = {}
+            per_sample: dict[int, dict[str, np.ndarray]] = {}
             for idx in batches:
-                for i, acts in zip(idx.tolist(), inputs.forward(idx, layers)):
-                    per_sample[i] = acts
+                kinds = inputs.forward(idx, layers)
+                for j, i in enumerate(idx.tolist()):
+                    per_sample[i] = {kind: kinds[kind][j] for kind in writers}
                 bar.update(len(idx))
             for i in range(start, stop):  # positions in dataset order
-                acts = per_sample.pop(i)
-                n = len(acts)
-                writer.add({"activations": acts,
-                            "sample_id": np.array([sample_ids[i]] * n, dtype=object),
-                            "unit_pos": np.arange(n, dtype=np.int64),
-                            **inputs.coords(i)})
-    writer.close()
+                sample = per_sample.pop(i)
+                coords = inputs.coords(i)
+                for kind, writer in writers.items():
+                    n = len(sample[kind])
+                    writer.add({"activations": sample[kind],
+                                "sample_id": np.array([sample_ids[i]] * n, dtype=object),
+                                "unit_pos": np.arange(n, dtype=np.int64), **coords})
+    for writer in writers.values():
+        writer.close()
     bar.close()
+
+
+def units_path(folder: str | Path, kind: str) -> Path:
+    """The store of one unit kind in a model's units folder (`extract_units(..., kinds=...)`)."""
+    return Path(folder) / f"{kind}.zarr"
 
 
 def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *, model_name: str,
                   dataset_name: str | None = None, resources_dir: str | Path = "resources",
                   zoo_dir: str | Path = "results/zoo", layers=None, grid: int | None = None,
                   threads: int | None = None, progress: bool = True, store_dtype: str | None = None,
-                  window: int = 256, chunk_rows: int | None = None) -> Path:
+                  window: int = 256, chunk_rows: int | None = None, kinds: Sequence[str] | None = None) -> Path:
     """Un-pooled activations of one model on one dataset -> units store at `out_path` (see the module doc).
 
     `layers`: hidden-state indices or "all" (default: the spec's `units_layers`, else "all"; for MLP units
-    "all" means every block, 1..L).
+    "all" is every block, hidden states 1..L).
     `grid`: cells per side for vision models (default: the spec's `units_grid`, else 8).
     `store_dtype`: "float16" | "float32" (default: the spec's `units_store_dtype`, else float16).
     `window`: samples held in memory at once; `chunk_rows`: positions per Zarr chunk (default ~16 MiB).
     What a unit is comes from the spec's `units` (see `unit_kind`: "mlp" by default for language models).
+    `kinds` (e.g. `["mlp", "residual"]`): several kinds from one forward pass instead; `out_path` is then a
+    folder holding one store per kind (`units_path(out_path, kind)`), written as a whole or not at all.
     """
-    units = unit_kind(spec)
+    if kinds is None:
+        chosen = [unit_kind(spec)]
+    else:
+        chosen = [unit_kind({**spec, "units": kind}) for kind in kinds]
+        if not chosen or len(set(chosen)) != len(chosen):
+            raise UnitsError(f"kinds must name each unit kind once, got {list(kinds)}")
     if threads:
         torch.set_num_threads(int(threads))
     store_dtype = store_dtype or spec.get("units_store_dtype", DEFAULT_STORE_DTYPE)
@@ -494,14 +525,14 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
                          f"choose datasets with {column}s for it")
     lm = load_model(spec, resources_dir, zoo_dir=zoo_dir)
     requested = spec.get("units_layers", "all") if layers is None else layers
-    if units == "mlp" and requested == "all":  # every block's MLP: the embedding output has none
-        requested = "blocks"
     layers = resolve_layers(requested, lm.n_hidden_states, where=f"models.{model_name}.units_layers")
+    # "all" MLP layers: every block's (hidden states 1..L); the embedding output (0) comes from no MLP.
+    per_kind = {kind: [i for i in layers if not (kind == "mlp" and requested == "all" and i == 0)] for kind in chosen}
     ids = df["sample_id"].tolist()
     if modality == "language":
-        inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)), units=units)
-        if units == "mlp":
-            mlp_sites(inputs.net, layers, lm.n_hidden_states)  # fail before any forward pass
+        inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)), units=chosen)
+        if "mlp" in chosen:
+            mlp_sites(inputs.net, per_kind["mlp"], lm.n_hidden_states)  # fail before any forward pass
         rule = {"positions": "word", "word_pattern": WORD_PATTERN}
     else:
         inputs = ImageUnits(lm, df["image"].tolist(), int(grid or spec.get("units_grid", DEFAULT_GRID)))
@@ -513,9 +544,7 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
         "seed": int(spec.get("seed", 0)),
         "modality": modality,
         "kind": lm.kind,
-        "units": units,
         **rule,
-        "layers": [int(x) for x in layers],
         "n_params": int(lm.n_params),
         "n_hidden_states": int(lm.n_hidden_states),
         "dtype": spec.get("dtype", "float32"),
@@ -530,8 +559,15 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
         "packages": package_versions(),
     }
     with atomic_path(out_path) as tmp:
-        write_units(inputs, ids, tmp, layers, batch_size=int(spec.get("batch_size", 32)), window=int(window),
-                    store_dtype=STORE_DTYPES[store_dtype], attrs=attrs, progress=progress, chunk_rows=chunk_rows)
+        if kinds is None:
+            outs = {chosen[0]: tmp}
+        else:
+            tmp.mkdir()
+            outs = {kind: units_path(tmp, kind) for kind in chosen}
+        write_units(inputs, ids, outs, per_kind, batch_size=int(spec.get("batch_size", 32)), window=int(window),
+                    store_dtype=STORE_DTYPES[store_dtype],
+                    attrs={kind: {**attrs, "units": kind, "layers": [int(x) for x in per_kind[kind]]} for kind in chosen},
+                    progress=progress, chunk_rows=chunk_rows)
     return Path(out_path)
 
 

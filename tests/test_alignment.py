@@ -13,6 +13,7 @@ from convergence.alignment import (
     bootstrap_ci,
     clip_threshold,
     layer_scores,
+    model_clip_threshold,
     permutation_pvalue,
     preprocess,
     preprocess_layer,
@@ -33,6 +34,22 @@ def model_pair(n=60, la=3, lb=2, da=12, db=10, seed=0):
 
 
 # ---- preprocessing ---------------------------------------------------------------------------------
+
+
+def test_sparse_features_are_not_clamped_to_zero():
+    """A bag of words: most counts are 0, so the per-sample 0.95 quantile of |A| is 0 and PRH's clamp
+    would zero every value (a constant representation). Such a model is left unclipped; a dense one is not."""
+    rng = np.random.default_rng(0)
+    words = ((rng.random((40, 1, 200)) < 0.01) * rng.integers(1, 4, (40, 1, 200))).astype(np.float32)
+    words[:, 0, 0] = 1.0  # no all-zero row
+    assert clip_threshold(words, 0.95) == 0.0
+    assert model_clip_threshold(words, 0.95) is None and model_clip_threshold(words, None) is None
+    assert np.array_equal(preprocess(words, clip_quantile=0.95), preprocess(words))
+    A, B = model_pair(n=40)
+    assert model_clip_threshold(B, 0.95) == clip_threshold(B, 0.95) > 0
+    scores = layer_scores(words, B, "cka", clip_quantile=0.95)
+    by_hand = layer_scores(preprocess(words), preprocess(B, clip_quantile=0.95), "cka", normalize=False)
+    assert np.allclose(scores, by_hand, rtol=0, atol=1e-12) and np.all(scores > 0)
 
 
 def test_preprocess_normalises_rows_per_layer_in_float64():

@@ -107,6 +107,18 @@ def clip_threshold(A, q: float, method: str = "per_sample_mean") -> float:
     return float(np.partition(flat, k)[k])
 
 
+def model_clip_threshold(A, q: float | None, method: str = "per_sample_mean") -> float | None:
+    """The clamp one model's layers get: ``clip_threshold``, or None (no clamp) when ``q`` is None or
+    the threshold is 0. A zero threshold means more than a 1 − q share of the values are exactly 0
+    (sparse features: a bag of words, counts), and clamping at 0 would erase the representation;
+    PRH's outlier removal targets massive activations, which such features do not have.
+    ``pair_result`` records which side was left unclipped (``preprocessing.unclipped``)."""
+    if q is None:
+        return None
+    threshold = clip_threshold(A, q, method)
+    return threshold if threshold > 0 else None
+
+
 def preprocess_layer(layer, normalize: bool = True, threshold: float | None = None,
                      label: str = "layer", out: np.ndarray | None = None) -> np.ndarray:
     """One layer ``[N, D]`` in float64: clamp to ±threshold (from ``clip_threshold`` over the
@@ -129,11 +141,11 @@ def preprocess(A, normalize: bool = True, clip_quantile: float | None = None,
                clip_method: str = "per_sample_mean") -> np.ndarray:
     """PRH preprocessing of one model's features ``[N, L, D]`` -> float64 ``[N, L, D]``:
     optional outlier clamp at the ``clip_quantile`` of |A| over all its layers
-    (``clip_threshold``), then (``normalize``) each layer's rows L2-normalised. Layers of
+    (``model_clip_threshold``: none where that quantile is 0), then (``normalize``) each layer's rows L2-normalised. Layers of
     different widths (a list) come back as a list."""
     ragged = isinstance(A, (list, tuple, LayerStack))
     A = _as_stack(A, "A")
-    threshold = None if clip_quantile is None else clip_threshold(A, clip_quantile, clip_method)
+    threshold = model_clip_threshold(A, clip_quantile, clip_method)
     layers = [preprocess_layer(A[i], normalize, threshold, f"A layer {i}") for i in range(len(A))]
     return layers if ragged else np.stack(layers, axis=1)
 
@@ -195,8 +207,7 @@ def _prepare_layers(A, B, metric: str, normalize: bool, clip_quantile: float | N
     if A.n != B.n:
         raise ValueError(f"A and B must have the same samples: N={A.n} != {B.n}")
     workers = layer_workers(metric, A.n, max(A.widths + B.widths), len(A) + len(B), workers)
-    thresholds = tuple(None if clip_quantile is None else clip_threshold(stack, clip_quantile, clip_method)
-                       for stack in (A, B))
+    thresholds = tuple(model_clip_threshold(stack, clip_quantile, clip_method) for stack in (A, B))
 
     def state(stack, i, threshold, label):
         # Preprocessed into a reused buffer when the metric's state keeps no reference to it.

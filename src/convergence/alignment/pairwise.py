@@ -163,7 +163,11 @@ def align_stores(path_a, path_b, metric: str, params: dict | None = None, *, nor
         score=float(best), ci_low=low, ci_high=high, ci_level=ci, p_value=cal.p_value, p_floor=cal.p_floor,
         calibrated_score=cal.calibrated, tau=cal.tau, n_samples=int(n),
         preprocessing={"normalize": normalize, "clip_quantile": clip_quantile,
-                       "clip_method": clip_method if clip_quantile is not None else None},
+                       "clip_method": clip_method if clip_quantile is not None else None,
+                       "clip_thresholds": [pair.thresholds["a"], pair.thresholds["b"]],
+                       # sides whose q-quantile of |values| is 0 (sparse features): clamping would zero them
+                       "unclipped": [name for name, side in ((name_a, "a"), (name_b, "b"))
+                                     if clip_quantile is not None and pair.thresholds[side] is None]},
         excluded_layers_a=excluded_a, excluded_layers_b=excluded_b,
         calibration={"agg": agg, "alpha": alpha, "n_perm": int(n_perm), "seed": seed, "observed": cal.observed,
                      "null": cal.null.tolist(), "s_max": calibration.S_MAX,

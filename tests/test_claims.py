@@ -13,7 +13,7 @@ from convergence import metrics
 from convergence.alignment import prepare_pair, preprocess
 from convergence.alignment.claims import claims_table, competence_of, model_permutation_p, spearman
 from convergence.alignment.nsweep import n_sweep, scaled_topk, sweep_slope, sweep_sizes
-from convergence.config import ConfigError, check_config, dataset_controls, validate_schema
+from convergence.config import ConfigError, check_config, dataset_controls, model_pairs, validate_schema
 
 N, B = 400, 50  # samples, bootstrap replicates
 
@@ -157,6 +157,19 @@ def test_dataset_controls_come_from_the_config():
                          "b": {"source": "local:/y"}}}
     config = check_config(validate_schema(config))
     assert dataset_controls(config, "d") == {"a": "a-rand", "b": None}
+
+
+def test_baselines_pair_with_trained_models_only_unless_all():
+    config = {"datasets": {"d": {"sampler": "scenes", "n": 64}},
+              "models": {"a": {"source": "local:/x"}, "a-rand": {"source": "local:/x", "init": "random"},
+                         "b": {"source": "local:/y"}, "px": {"source": "baseline:pixels", "modality": "vision"},
+                         "bow": {"source": "baseline:bag_of_words"}}}
+    config = check_config(validate_schema(config))
+    assert config["alignment"]["baseline_pairs"] == "trained"
+    assert model_pairs(config, "d") == [("a", "a-rand"), ("a", "b"), ("a", "bow"), ("a", "px"), ("a-rand", "b"),
+                                        ("b", "bow"), ("b", "px")]
+    config["alignment"]["baseline_pairs"] = "all"
+    assert len(model_pairs(config, "d")) == 10  # 5 models: every pair
 
 
 # ---- N-sweep ---------------------------------------------------------------------------------------

@@ -351,10 +351,28 @@ def alignment_datasets(config: dict) -> list[str]:
     return [d for d in chosen if len(models_on(config, d)) >= 2]
 
 
+def is_baseline_model(config: dict, model: str) -> bool:
+    return str(config["models"][model]["source"]).startswith("baseline:")
+
+
+def is_trained_model(config: dict, model: str) -> bool:
+    """A network with its weights: not a random-init control, not an input baseline."""
+    spec = config["models"][model]
+    return spec.get("init", "pretrained") == "pretrained" and not is_baseline_model(config, model)
+
+
 def model_pairs(config: dict, dataset: str) -> list[tuple[str, str]]:
-    """Unordered pairs in sorted order (the metrics are symmetric): K models -> K(K-1)/2 pairs."""
+    """Unordered pairs in sorted order (the metrics are symmetric): K models -> K(K-1)/2 pairs, less, with
+    `alignment.baseline_pairs: trained` (the default), an input baseline paired with anything but a trained
+    model: the claims compare a trained pair with trained x baseline pairs only, so a baseline against a
+    random-init control or another baseline is work no table reads (`all` keeps them)."""
     models = sorted(models_on(config, dataset))
-    return [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+    if config.get("alignment", {}).get("baseline_pairs", "trained") == "all":
+        return pairs
+    return [(a, b) for a, b in pairs
+            if not (is_baseline_model(config, a) and not is_trained_model(config, b))
+            and not (is_baseline_model(config, b) and not is_trained_model(config, a))]
 
 
 # Model-spec keys that change what extraction computes. Params of a rule are part of its outputs' identity

@@ -96,13 +96,6 @@ def model_mem_mb(wildcards, attempt):
     return base * attempt
 
 
-def extract_threads(wildcards):
-    """Two threads for language models; vision models and input baselines are fastest with one."""
-    spec = config["models"][wildcards.model]
-    baseline = spec["source"].startswith("baseline:")
-    return 2 if spec["modality"] == "language" and not baseline else 1
-
-
 def model_gpus(wildcards):
     return 1 if config["models"][wildcards.model].get("device") == "cuda" else 0
 

@@ -18,7 +18,10 @@ def test_align_command_prints_best_pair_and_writes_the_matrix(tmp_path, capsys):
     assert f"layer {summary['best_layer_a']}" in text and "CI" in text
     assert f"calibrated (max over layer pairs vs 20 permutations): {summary['calibrated_score']:.4f}" in text
     assert f"p = {summary['p_value']:.3g} (floor {1 / 21:.3g})" in text
-    assert summary["preprocessing"] == {"normalize": True, "clip_quantile": 0.95, "clip_method": "per_sample_mean"}
+    pre = summary["preprocessing"]
+    assert {k: pre[k] for k in ("normalize", "clip_quantile", "clip_method")} == {
+        "normalize": True, "clip_quantile": 0.95, "clip_method": "per_sample_mean"}
+    assert pre["unclipped"] == [] and len(pre["clip_thresholds"]) == 2 and min(pre["clip_thresholds"]) > 0
     assert {r["n"] for r in summary["n_sweep"]} == {64, 128, 200}
     assert main(["align", str(pa), str(pb), "--metric", "mutual_knn", "--topk", "7", "--n-boot", "5", "--n-perm", "5",
                  "--clip-quantile", "none", "--no-sweep", "--agg", "mean", "--out", str(out)]) == 0

@@ -3,7 +3,7 @@
 1. Rate: exact streamed `convergence.rosetta.pearson` of all units x all units (default 1024 x 1024 over
    40,000 positions, float32 with offsets, torch tensors as inputs) against `torch.matmul(A.T, B)` of the
    same tensors, timed alternately (the GEMM is the floor: exact Pearson needs at least that product).
-   Then where pearson's time goes: the same chunked GEMMs alone, the centring passes alone, the rest.
+   Then where pearson's time goes: the same blocked GEMMs alone, the centring passes alone, the rest.
 2. Rotation nulls: R draws from the one observed pass (Σ per layer accumulated in it, then
    diag(QᵀΣQ)^(-1/2)·QᵀR per draw, `convergence.rosetta.stage.rotated_correlations`) against R streamed
    passes over the rotated, z-scored data; both give the same matrices (the largest difference is printed).
@@ -33,8 +33,19 @@ import numpy as np
 import torch
 
 from convergence.rosetta import pearson
-from convergence.rosetta.correlation import PearsonAccumulator, default_chunk_rows
-from convergence.rosetta.stage import FlatUnits, _NullRotations, null_seeds, rotated_correlations, unit_moments
+from convergence.rosetta._centring import centre_rows
+from convergence.rosetta.correlation import (
+    PearsonAccumulator,
+    default_block_rows,
+    default_chunk_rows,
+)
+from convergence.rosetta.stage import (
+    FlatUnits,
+    _NullRotations,
+    null_seeds,
+    rotated_correlations,
+    unit_moments,
+)
 
 
 class SyntheticActivations:
@@ -97,31 +108,42 @@ def speed(n: int, dim: int, repeats: int, chunk_size: int) -> None:
 
 
 def breakdown(a: np.ndarray, b: np.ndarray, chunk_size: int, repeats: int) -> None:
-    """pearson's time split: its chunked GEMMs alone, its centring passes alone, and the rest."""
+    """pearson's time split: its blocked GEMMs alone, its centring passes alone, and the rest."""
     n, dim = a.shape
+    acc = PearsonAccumulator(dim, dim)
     out = torch.empty((dim, dim))
-    bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    blocks = [[(s, min(s + acc.block_rows, hi)) for s in range(lo, hi, acc.block_rows)] for lo, hi in chunks]
 
     def gemms():
-        for lo, hi in bounds:
-            torch.mm(torch.from_numpy(a[lo:hi]).T, torch.from_numpy(b[lo:hi]), out=out)
+        for chunk in blocks:
+            for k, (lo, hi) in enumerate(chunk):
+                left, right = torch.from_numpy(a[lo:hi]).T, torch.from_numpy(b[lo:hi])
+                out.addmm_(left, right) if k else torch.mm(left, right, out=out)
 
     def centring():
-        acc = PearsonAccumulator(dim, dim)
-        for lo, hi in bounds:
-            acc.side_a.centre(a[lo:hi], acc._pool, acc.threads, lo)
-            acc.side_b.centre(b[lo:hi], acc._pool, acc.threads, lo)
-        acc.close()
+        for (lo, hi), chunk in zip(chunks, blocks):
+            acc.side_a.begin_chunk(a[lo:hi])
+            acc.side_b.begin_chunk(b[lo:hi])
+            for start, stop in chunk:
+                tasks = []
+                for side, x in ((acc.side_a, a), (acc.side_b, b)):
+                    _, partial, side_tasks = side.centring_tasks(x[start:stop], acc.threads)
+                    tasks.append((side, x[start:stop], partial))
+                    list(acc._pool.map(lambda task: centre_rows(*task), side_tasks))
+                for side, x, partial in tasks:
+                    side.add_block(x, partial, start)
 
     times = time_alternately({"pearson": lambda: pearson(a, b, chunk_size=chunk_size), "gemms": gemms,
                               "centring": centring}, repeats)
+    acc.close()
     best = {name: min(t) for name, t in times.items()}
     rest = best["pearson"] - best["gemms"] - best["centring"]
-    print(f"  where pearson's {best['pearson']:.3f} s go (best of {repeats} each): its {len(bounds)} chunked GEMMs "
-          f"{best['gemms']:.3f} s ({best['gemms'] / best['pearson']:.0%}), centring passes (shift, fused "
-          f"subtract/sums/squares/max, both sides) {best['centring']:.3f} s ({best['centring'] / best['pearson']:.0%}), "
-          f"the rest (float64 accumulation, shift corrections, final scaling) {rest:.3f} s "
-          f"({rest / best['pearson']:.0%})")
+    print(f"  where pearson's {best['pearson']:.3f} s go (best of {repeats} each): its {sum(map(len, blocks))} GEMMs "
+          f"of {acc.block_rows} rows {best['gemms']:.3f} s ({best['gemms'] / best['pearson']:.0%}), centring passes "
+          f"(shift, fused subtract/sums/squares/max, both sides) {best['centring']:.3f} s "
+          f"({best['centring'] / best['pearson']:.0%}), the rest (float64 accumulation, shift corrections, final "
+          f"scaling) {rest:.3f} s ({rest / best['pearson']:.0%})")
 
 
 def nulls(n: int, layers: int, width: int, dim_b: int, draws: int) -> None:
@@ -216,7 +238,8 @@ def memory(sizes: list[int], dim: int, chunk_size: int) -> None:
               f"{in_memory / 2**20:7.1f} MiB)")
     print(f"  constant part: float64 co-moments {dim * dim * 8 / 2**20:.0f} MiB, float32 GEMM output "
           f"{dim * dim * 4 / 2**20:.0f} MiB, chunk-sized arrays of {chunk_size * dim * 4 / 2**20:.0f} MiB (per model: "
-          f"the chunk in use, the prefetched one, the centred buffer, the generator's temporaries)")
+          f"the chunk in use, the prefetched one, the generator's temporaries), centred blocks of "
+          f"{default_block_rows(dim, dim)} rows ({default_block_rows(dim, dim) * dim * 4 / 2**20:.0f} MiB per model)")
 
 
 def main() -> None:

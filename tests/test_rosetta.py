@@ -7,14 +7,13 @@ import pytest
 import torch
 import zarr
 
-from convergence.rosetta import correlation
-
 from convergence.rosetta import (
     LayerView,
     PearsonAccumulator,
     RotatedView,
     TopKPartners,
     compare_to_null,
+    correlation,
     hungarian,
     mutual_matches,
     null_band,
@@ -25,6 +24,7 @@ from convergence.rosetta import (
     rotation_null,
     topk_partners,
 )
+from convergence.rosetta._centring import centre_rows
 
 TOLERANCE = 1e-6
 
@@ -163,6 +163,58 @@ def test_pearson_exact_on_massive_outliers(monkeypatch):
     # The data defeat a float32 GEMM that sums the outlier row with the rest (~1e-5).
     monkeypatch.setattr(correlation, "OUTLIER_RATIO", np.inf)
     assert np.abs(pearson(a, b).r - expected).max() > 1e-6
+
+
+@pytest.mark.parametrize("chunk_size", [500, 1024, 4000])
+def test_pearson_catches_a_single_outlier_in_any_chunk(chunk_size):
+    """A lone massive row is caught however many rows share its chunk: with itself counted in its unit's
+    rms it could never exceed √rows × the rms (≤ 32 at ≤ 1024 rows, the chunk of wide layers)."""
+    a, b = massive_activations()
+    assert np.abs(pearson(a, b, chunk_size=chunk_size).r - reference_r(a, b)).max() <= TOLERANCE
+
+
+def test_pearson_exact_with_outliers_on_both_sides_and_in_self_blocks():
+    """Outlier values in A only, B only, and both in one row; each goes through float64 once (no double count)."""
+    a, b = massive_activations()
+    a[0, :4] = 1.0  # move A's outliers off B's row 0; keep one shared row
+    a[1500, 2], a[2500, 7], a[3100, 2], b[2000, 5] = 9e3, 5e3, -2e4, -4e4
+    a[2000, 9] = 7e3
+    acc = PearsonAccumulator(10, 8, self_blocks=[(0, 5), (5, 10)], block_rows=700)
+    for start in range(0, 4000, 1300):
+        acc.update(a[start:start + 1300], b[start:start + 1300])
+    result = acc.result()
+    assert np.abs(result.r - reference_r(a, b)).max() <= TOLERANCE
+    full = np.corrcoef(a.T.astype(np.float64))
+    assert np.abs(result.self_r[0] - full[:5, :5]).max() <= TOLERANCE
+    assert np.abs(result.self_r[1] - full[5:, 5:]).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 64, 5000])
+def test_pearson_exact_for_any_block_size(block_rows):
+    a, b = hard_activations(n=1500, dim_a=9, dim_b=5)
+    a[700:] += 3e3  # the mean moves inside a chunk, between its blocks
+    acc = PearsonAccumulator(9, 5, block_rows=block_rows, self_blocks=[(0, 4), (4, 9)])
+    for start in range(0, 1500, 600):
+        acc.update(a[start:start + 600], b[start:start + 600])
+    result = acc.result()
+    assert np.abs(result.r - reference_r(a, b)).max() <= TOLERANCE
+    assert np.abs(result.self_r[1] - np.corrcoef(a[:, 4:].T.astype(np.float64))).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("rows", range(1, 10))
+def test_centring_kernel_equals_numpy(rows):
+    """The fused pass (four rows per sweep, then the rest one by one) against numpy, in float64."""
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, 13)) * 3 + 40).astype(np.float32)
+    shift = np.median(x, axis=0).astype(np.float64)
+    out = np.empty_like(x)
+    sums, squares, peak = np.full(13, 1.5), np.full(13, 2.5), np.full(13, 3.5)  # earlier calls' partial results
+    centre_rows(x, shift, out, sums, squares, peak)
+    centred = x.astype(np.float64) - shift
+    np.testing.assert_array_equal(out, centred.astype(np.float32))
+    np.testing.assert_allclose(sums, 1.5 + centred.sum(0), rtol=1e-14, atol=1e-12)
+    np.testing.assert_allclose(squares, 2.5 + (centred**2).sum(0), rtol=1e-14)
+    np.testing.assert_array_equal(peak, np.maximum(3.5, np.abs(centred).max(0)))
 
 
 def test_pearson_result_fields_and_unpacking():

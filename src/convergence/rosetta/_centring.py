@@ -20,13 +20,30 @@ def centre_rows(x, shift, out, col_sum, col_sq, col_max) -> None:
     The difference is taken in x's precision (exact when shift is close to x, Sterbenz) and summed in float64.
     """
     n, d = x.shape
-    for i in range(n):
+    i = 0
+    while i + 4 <= n:  # four rows per sweep: a quarter of the accumulators' loads and stores
+        for j in range(d):
+            s = shift[j]
+            v0 = np.float64(x[i, j]) - s
+            v1 = np.float64(x[i + 1, j]) - s
+            v2 = np.float64(x[i + 2, j]) - s
+            v3 = np.float64(x[i + 3, j]) - s
+            out[i, j] = v0  # rounded once to the GEMM dtype
+            out[i + 1, j] = v1
+            out[i + 2, j] = v2
+            out[i + 3, j] = v3
+            col_sum[j] += (v0 + v1) + (v2 + v3)
+            col_sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+            col_max[j] = max(col_max[j], max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))))  # no branch: vectorises
+        i += 4
+    while i < n:
         for j in range(d):
             v = np.float64(x[i, j]) - shift[j]
-            out[i, j] = v  # rounded once to the GEMM dtype
+            out[i, j] = v
             col_sum[j] += v
             col_sq[j] += v * v
-            col_max[j] = max(col_max[j], abs(v))  # no branch: the loop over units vectorises
+            col_max[j] = max(col_max[j], abs(v))
+        i += 1
 
 
 @njit(cache=True, nogil=True)

@@ -23,6 +23,15 @@ def _torch_threads_restored():
         torch.set_num_threads(before)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the machine is shared); `_torch_threads_restored` restores the count.
+    Modules whose tests run models use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """arch -> folder of a tiny random model saved with save_pretrained (llama, gemma3, bert, mpnet)."""

@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import xarray as xr
 
 from convergence.rosetta import mutual_matches, pearson, random_rotation, topk_partners
@@ -37,13 +36,7 @@ from convergence.datasets import read_samples
 from convergence.rosetta.units import UnitsError, extract_units, split_words, units_array
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test (the machine is shared); the caller's setting comes back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N_SAMPLES, PER_SAMPLE = 60, 8  # 480 positions

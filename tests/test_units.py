@@ -22,13 +22,7 @@ from convergence.rosetta.units import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test (the machine is shared); the caller's setting comes back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LANGUAGE = ["llama", "gemma3", "bert", "mpnet"]

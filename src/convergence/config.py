@@ -351,8 +351,13 @@ def alignment_datasets(config: dict) -> list[str]:
     return [d for d in chosen if len(models_on(config, d)) >= 2]
 
 
+def is_baseline_source(source: str) -> bool:
+    """An input baseline (`baseline:pixels`, `baseline:bag-of-words`, ...), not a network."""
+    return str(source).startswith("baseline:")
+
+
 def is_baseline_model(config: dict, model: str) -> bool:
-    return str(config["models"][model]["source"]).startswith("baseline:")
+    return is_baseline_source(config["models"][model]["source"])
 
 
 def is_trained_model(config: dict, model: str) -> bool:

@@ -297,26 +297,11 @@ def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, 
                             where=f"models.{model_name}.layers")
     inputs = _inputs_for(lm, df, modality, spec, model_name, samples_path)
     attrs = {
-        "model": model_name,
-        "source": spec["source"],
-        "init": spec.get("init", "pretrained"),
-        "seed": int(spec.get("seed", 0)),
-        "modality": modality,
-        "kind": lm.kind,
+        **network_attrs(model_name, spec, lm, meta, dataset_name, len(df)),
         "pooling": spec.get("pooling", "mean"),
-        "n_params": int(lm.n_params),
-        "n_hidden_states": int(lm.n_hidden_states),
         "layers": spec.get("layers") or default_layers(spec),
-        "dtype": spec.get("dtype", "float32"),
         "store_dtype": spec.get("store_dtype", "float32"),
-        "max_length": int(spec.get("max_length", 128)),
         "n_truncated": int(getattr(inputs, "n_truncated", 0)),
-        "weights_sha256": lm.weights_sha256 or "",
-        "params_sha256": lm.params_sha256,
-        "dataset": dataset_name or meta.get("dataset", ""),
-        "dataset_sha256": meta.get("content_sha256", ""),
-        "n_samples": int(len(df)),
-        "packages": package_versions(),
         **_performance(lm, spec),
     }
     with atomic_path(out_path) as tmp:
@@ -324,6 +309,29 @@ def extract_to_zarr(samples_path: str | Path, spec: dict, out_path: str | Path, 
                         batch_size=int(spec.get("batch_size", 32)), chunk_size=chunk_size,
                         store_dtype=STORE_DTYPES[attrs["store_dtype"]], attrs=attrs, progress=progress)
     return Path(out_path)
+
+
+def network_attrs(model_name: str, spec: dict, lm, meta: dict, dataset_name: str | None, n_samples: int) -> dict:
+    """The attributes every store of a network's outputs carries (activations and units stores alike):
+    which model, weights and data produced it, and with which packages."""
+    return {
+        "model": model_name,
+        "source": spec["source"],
+        "init": spec.get("init", "pretrained"),
+        "seed": int(spec.get("seed", 0)),
+        "modality": spec.get("modality", "language"),
+        "kind": lm.kind,
+        "n_params": int(lm.n_params),
+        "n_hidden_states": int(lm.n_hidden_states),
+        "dtype": spec.get("dtype", "float32"),
+        "max_length": int(spec.get("max_length", 128)),
+        "weights_sha256": lm.weights_sha256 or "",
+        "params_sha256": lm.params_sha256,
+        "dataset": dataset_name or meta.get("dataset", ""),
+        "dataset_sha256": meta.get("content_sha256", ""),
+        "n_samples": int(n_samples),
+        "packages": package_versions(),
+    }
 
 
 def _extract_baseline(df, meta: dict, spec: dict, out_path, *, model_name: str, dataset_name: str | None,

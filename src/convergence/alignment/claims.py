@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from convergence.alignment import stats
+from convergence.config import is_baseline_source
 
 KINDS = ("control", "baseline", "competence", "beyond_null")
 COLUMNS = ["kind", "claim", "pair", "versus", "estimate", "ci_low", "ci_high", "p_value", "p_floor", "p_method",
@@ -41,10 +42,6 @@ COLUMNS = ["kind", "claim", "pair", "versus", "estimate", "ci_low", "ci_high", "
 P_BOOTSTRAP = "paired half-sample bootstrap, two-sided"
 P_MODELS = "exact permutation of the models' competence, two-sided"
 P_NULL = "calibrated permutation null of the layer search, one-sided"
-
-
-def is_baseline(source: str) -> bool:
-    return str(source).startswith("baseline:")
 
 
 def competence_of(info: pd.DataFrame) -> pd.Series:
@@ -245,7 +242,7 @@ def claims_table(summaries: dict[str, dict], info: pd.DataFrame, controls: dict[
     from scipy.stats import false_discovery_control
 
     pairs = PairSet(summaries)
-    baselines = [m for m in info.index if is_baseline(info.loc[m, "source"])]
+    baselines = [m for m in info.index if is_baseline_source(info.loc[m, "source"])]
     trained = [m for m in info.index if info.loc[m, "init"] != "random" and m not in baselines]
 
     def control(model):

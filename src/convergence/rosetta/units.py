@@ -67,9 +67,9 @@ from tqdm.auto import tqdm
 
 from convergence.datasets import read_samples
 from convergence.models import LoadedModel, load_model, resolve_layers
-from convergence.extract import plan_batches
+from convergence.extract import network_attrs, plan_batches
 from convergence.store import open_checked
-from convergence.utils import atomic_path, package_versions
+from convergence.utils import atomic_path
 
 WORD_PATTERN = r"\w+(?:[-']\w+)*|[^\w\s]"
 _WORD_RE = re.compile(WORD_PATTERN)
@@ -538,25 +538,10 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
         inputs = ImageUnits(lm, df["image"].tolist(), int(grid or spec.get("units_grid", DEFAULT_GRID)))
         rule = {"positions": "cell", "grid": inputs.grid}
     attrs = {
-        "model": model_name,
-        "source": spec["source"],
-        "init": spec.get("init", "pretrained"),
-        "seed": int(spec.get("seed", 0)),
-        "modality": modality,
-        "kind": lm.kind,
+        **network_attrs(model_name, spec, lm, meta, dataset_name, len(df)),
         **rule,
-        "n_params": int(lm.n_params),
-        "n_hidden_states": int(lm.n_hidden_states),
-        "dtype": spec.get("dtype", "float32"),
         "store_dtype": store_dtype,
-        "max_length": int(spec.get("max_length", 128)),
-        "weights_sha256": lm.weights_sha256 or "",
-        "params_sha256": lm.params_sha256,
-        "dataset": dataset_name or meta.get("dataset", ""),
-        "dataset_sha256": meta.get("content_sha256", ""),
-        "n_samples": int(len(df)),
         "n_positions": int(inputs.n_positions.sum()),
-        "packages": package_versions(),
     }
     with atomic_path(out_path) as tmp:
         if kinds is None:

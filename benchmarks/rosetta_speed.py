@@ -14,7 +14,8 @@
    (once N spans several chunks: the smallest N may fit in one or two).
 
 The machine's load average is printed before and after: on a shared machine only the ratios measured
-side by side mean anything.
+side by side mean anything. With 2 threads, `OMP_WAIT_POLICY=PASSIVE` in the environment stops the GEMM's
+OpenMP thread spinning while the centring pass runs (2-3 points of rate here; it leaves the GEMM as fast).
 
     python benchmarks/rosetta_speed.py            # full run
     python benchmarks/rosetta_speed.py --quick    # smaller shapes, a few seconds
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 
 from convergence.rosetta import pearson
-from convergence.rosetta._centring import centre_rows
 from convergence.rosetta.correlation import (
     PearsonAccumulator,
     default_block_rows,
@@ -126,13 +126,11 @@ def breakdown(a: np.ndarray, b: np.ndarray, chunk_size: int, repeats: int) -> No
             acc.side_a.begin_chunk(a[lo:hi])
             acc.side_b.begin_chunk(b[lo:hi])
             for start, stop in chunk:
-                tasks = []
-                for side, x in ((acc.side_a, a), (acc.side_b, b)):
-                    _, partial, side_tasks = side.centring_tasks(x[start:stop], acc.threads)
-                    tasks.append((side, x[start:stop], partial))
-                    list(acc._pool.map(lambda task: centre_rows(*task), side_tasks))
-                for side, x, partial in tasks:
-                    side.add_block(x, partial, start)
+                (_, partial_a, tasks_a), (_, partial_b, tasks_b) = (
+                    side.centring_tasks(x[start:stop], acc.threads) for side, x in ((acc.side_a, a), (acc.side_b, b)))
+                acc.run_centring(tasks_a, tasks_b)
+                acc.side_a.add_block(a[start:stop], partial_a, start)
+                acc.side_b.add_block(b[start:stop], partial_b, start)
 
     times = time_alternately({"pearson": lambda: pearson(a, b, chunk_size=chunk_size), "gemms": gemms,
                               "centring": centring}, repeats)
@@ -247,7 +245,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="512 units over 10,000 positions")
     parser.add_argument("--units", type=int, default=None)
     parser.add_argument("--positions", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, quick 5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9)")
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: pearson's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "nulls", "memory"])
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -261,7 +259,7 @@ def main() -> None:
     n = args.positions or (10_000 if args.quick else 40_000)
     print(f"before: {load()}")
     if "speed" not in args.skip:
-        speed(n, dim, args.repeats or 5, args.chunk_size)
+        speed(n, dim, args.repeats or 9, args.chunk_size)
     if "nulls" not in args.skip:
         if args.quick:
             nulls(n, 2, 128, 256, 5)

@@ -281,7 +281,7 @@ class PearsonAccumulator:
                        for a, b in self.self_blocks]
         self.block_rows = max(1, int(block_rows or default_block_rows(dim_a, dim_b, np.dtype(gemm_dtype).itemsize)))
         self.threads = max(1, int(threads or torch.get_num_threads()))
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
 
     def update(self, chunk_a: np.ndarray | torch.Tensor, chunk_b: np.ndarray | torch.Tensor) -> None:
         """Add rows: `chunk_a [n, Da]`, `chunk_b [n, Db]` (any float dtype; read as by `read_rows`)."""
@@ -303,17 +303,20 @@ class PearsonAccumulator:
             block.end_chunk()
         self.n += rows
 
+    def run_centring(self, tasks_a: list[tuple], tasks_b: list[tuple]) -> None:
+        """Run both sides' `centre_rows` tasks: each side's rows split among the threads (balanced however
+        different Da and Db are); this thread takes one share itself rather than wait idle beside the pool."""
+        shares = [tasks_a[k::self.threads] + tasks_b[k::self.threads] for k in range(self.threads)]
+        pending = [self._pool.submit(_centre_all, share) for share in shares[1:] if share] if self._pool else []
+        _centre_all(shares[0])
+        for future in pending:
+            future.result()
+
     def _add_block(self, block_a: np.ndarray, block_b: np.ndarray, row_offset: int) -> None:
         """Centre a block of rows (small enough to stay in cache for its GEMMs) and multiply it."""
         centred_a, partial_a, tasks_a = self.side_a.centring_tasks(block_a, self.threads)
         centred_b, partial_b, tasks_b = self.side_b.centring_tasks(block_b, self.threads)
-        # Each side's rows split among the threads: balanced however different Da and Db are.
-        tasks = tasks_a + tasks_b
-        if self._pool is None or len(tasks) == 2:
-            for task in tasks:
-                centre_rows(*task)
-        else:
-            list(self._pool.map(lambda task: centre_rows(*task), tasks))
+        self.run_centring(tasks_a, tasks_b)
         peak_a = self.side_a.add_block(block_a, partial_a, row_offset)
         peak_b = self.side_b.add_block(block_b, partial_b, row_offset)
         found = [self.side_a.outliers(centred_a, peak_a), self.side_b.outliers(centred_b, peak_b)]
@@ -449,6 +452,11 @@ def _read_pair(a: Any, b: Any, start: int, stop: int) -> tuple[np.ndarray, np.nd
 
 def _as_chunk(chunk: np.ndarray | torch.Tensor) -> np.ndarray:
     return read_rows(chunk, 0, len(chunk))
+
+
+def _centre_all(tasks: list[tuple]) -> None:
+    for task in tasks:
+        centre_rows(*task)
 
 
 def _raise_non_finite(chunk: np.ndarray, name: str, row_offset: int) -> None:

@@ -12,8 +12,8 @@ one GEMM, a block of rows at a time:
    fused pass (`_centring.centre_rows`, numba, the block's rows split among the threads): subtract the
    shift, write the float32 GEMM operand, accumulate per-unit sums, sums of squares and largest |value|
    in float64;
-3. rows of the block that hold a value beyond `OUTLIER_RATIO` × the rms of the unit's other values in the
-   chunk so far are taken out of the float32 GEMM and added exactly in float64 (the float32 sum would
+3. values beyond `OUTLIER_RATIO` × the rms of their unit's other values in the chunk so far are taken
+   out of the float32 GEMM (zeroed in its operand) and added exactly in float64 (the float32 sum would
    carry their huge terms' rounding into every other term of the unit); only their units' rows and
    columns of the co-moments are touched, so a few hundred such values cost next to nothing;
 4. one float32 GEMM of the centred block, read from cache (the only O(N·Da·Db) work, at BLAS speed),
@@ -57,8 +57,8 @@ FLUSH_ROWS = 256
 # Rows of a chunk whose per-unit median is the chunk's shift (evenly spaced).
 SHIFT_ROWS = 9
 # A value more than this many times the rms of its unit's other values (about the shift, in its chunk so
-# far) makes its row an outlier row, summed in float64. Gaussian data never gets there; ReLU-sparse units
-# seldom, and then for a few rows.
+# far) is an outlier, summed in float64 outside the GEMM. Gaussian data never gets there; heavy-tailed
+# units (LM MLP neurons, ReLU-sparse units) now and then.
 OUTLIER_RATIO = 32.0
 
 
@@ -390,8 +390,8 @@ def pearson(
     axis 0 (e.g. `LayerView`); read `chunk_size` rows at a time (default `default_chunk_rows`,
     rounded up to whole zarr chunks), so memory does not grow with N.
 
-    Computation (module doc): a `gemm_dtype` GEMM per chunk of rows centred on a robust per-chunk shift,
-    outlier rows in float64, float64 accumulation. With float32 the |error| vs float64 `numpy.corrcoef`
+    Computation (module doc): `gemm_dtype` GEMMs over cache-sized blocks of rows centred on a robust
+    per-chunk shift, outlier values in float64, float64 accumulation. With float32 the |error| vs float64 `numpy.corrcoef`
     on the same values is at most 1e-6 (measured: offsets of 1e3 × std, drifting means, single positions
     1e4 × a unit's spread as LM "massive activations", real SmolLM2 units), typically 1e-7.
     `gemm_dtype=np.float64` brings it to ~1e-12 at about half the speed.

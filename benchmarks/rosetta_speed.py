@@ -126,11 +126,7 @@ def breakdown(a: np.ndarray, b: np.ndarray, chunk_size: int, repeats: int) -> No
             acc.side_a.begin_chunk(a[lo:hi])
             acc.side_b.begin_chunk(b[lo:hi])
             for start, stop in chunk:
-                (_, partial_a, tasks_a), (_, partial_b, tasks_b) = (
-                    side.centring_tasks(x[start:stop], acc.threads) for side, x in ((acc.side_a, a), (acc.side_b, b)))
-                acc.run_centring(tasks_a, tasks_b)
-                acc.side_a.add_block(a[start:stop], partial_a, start)
-                acc.side_b.add_block(b[start:stop], partial_b, start)
+                acc.centre_block(a[start:stop], b[start:stop], start)
 
     times = time_alternately({"pearson": lambda: pearson(a, b, chunk_size=chunk_size), "gemms": gemms,
                               "centring": centring}, repeats)

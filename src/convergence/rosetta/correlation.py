@@ -191,9 +191,8 @@ class _Cross:
         # The chunk's blocks are summed here by the GEMM itself (beta = 1), as one GEMM over the chunk would.
         self._gemm_out = torch.empty((dl, dr), dtype=torch.from_numpy(np.empty(0, gemm_dtype)).dtype)
         self._blocks = 0
-        self._rows_l: list[np.ndarray] = []  # float64 shift terms waiting to be added
+        self._rows_l: list[np.ndarray] = []
         self._rows_r: list[np.ndarray] = []
-        self._queued = 0
 
     def add_block(self, centred_l: np.ndarray, centred_r: np.ndarray, exact_l: tuple | None,
                   exact_r: tuple | None) -> None:
@@ -234,22 +233,16 @@ class _Cross:
         left, right = self.left, self.right
         # Σ(x−ref_l)(y−ref_r)ᵀ = Σ(x−s)(y−t)ᵀ + δ_l (Σ(y−t) + n δ_r)ᵀ + Σ(x−s) δ_rᵀ, with δ = shift − ref.
         d_l, d_r = left.delta[self.cols_l], right.delta[self.cols_r]
-        self._queue(np.stack([d_l, left.sums[self.cols_l]]), np.stack([right.sums[self.cols_r] + right.rows * d_r, d_r]))
-
-    def _queue(self, rows_l: np.ndarray, rows_r: np.ndarray) -> None:
-        """Queue float64 terms Σ rows_lᵀ rows_r; applied together once FLUSH_ROWS rows wait: each
-        application reads and writes the whole float64 co-moment matrix."""
-        self._rows_l.append(rows_l)
-        self._rows_r.append(rows_r)
-        self._queued += len(rows_l)
-        if self._queued >= FLUSH_ROWS:
+        self._rows_l += [d_l, left.sums[self.cols_l]]
+        self._rows_r += [right.sums[self.cols_r] + right.rows * d_r, d_r]
+        if len(self._rows_l) >= FLUSH_ROWS:
             self.flush()
 
     def flush(self) -> None:
         if self._rows_l:  # torch, not numpy: numpy's BLAS pool would fight torch's for the cores
-            torch.from_numpy(self.comoment).addmm_(torch.from_numpy(np.concatenate(self._rows_l)).T,
-                                                   torch.from_numpy(np.concatenate(self._rows_r)))
-            self._rows_l, self._rows_r, self._queued = [], [], 0
+            torch.from_numpy(self.comoment).addmm_(torch.from_numpy(np.stack(self._rows_l)).T,
+                                                   torch.from_numpy(np.stack(self._rows_r)))
+            self._rows_l, self._rows_r = [], []
 
     def about_mean(self, n: int) -> np.ndarray:
         """Co-moments about the means: Σ(x−x̄)(y−ȳ)ᵀ (float64)."""
@@ -303,38 +296,33 @@ class PearsonAccumulator:
             block.end_chunk()
         self.n += rows
 
-    def run_centring(self, tasks_a: list[tuple], tasks_b: list[tuple]) -> None:
-        """Run both sides' `centre_rows` tasks: each side's rows split among the threads (balanced however
-        different Da and Db are); this thread takes one share itself rather than wait idle beside the pool."""
+    def centre_block(self, block_a: np.ndarray, block_b: np.ndarray, row_offset: int) -> tuple[np.ndarray, ...]:
+        """One fused pass over a block of both sides (within the chunk begun by each side's `begin_chunk`):
+        (centred A, A's largest |x − shift| per unit, centred B, B's). Each side's rows are split among the
+        threads (balanced however different Da and Db are); this thread takes one share itself."""
+        centred_a, partial_a, tasks_a = self.side_a.centring_tasks(block_a, self.threads)
+        centred_b, partial_b, tasks_b = self.side_b.centring_tasks(block_b, self.threads)
         shares = [tasks_a[k::self.threads] + tasks_b[k::self.threads] for k in range(self.threads)]
         pending = [self._pool.submit(_centre_all, share) for share in shares[1:] if share] if self._pool else []
         _centre_all(shares[0])
         for future in pending:
             future.result()
+        peak_a = self.side_a.add_block(block_a, partial_a, row_offset)
+        peak_b = self.side_b.add_block(block_b, partial_b, row_offset)
+        return centred_a, peak_a, centred_b, peak_b
 
     def _add_block(self, block_a: np.ndarray, block_b: np.ndarray, row_offset: int) -> None:
         """Centre a block of rows (small enough to stay in cache for its GEMMs) and multiply it."""
-        centred_a, partial_a, tasks_a = self.side_a.centring_tasks(block_a, self.threads)
-        centred_b, partial_b, tasks_b = self.side_b.centring_tasks(block_b, self.threads)
-        self.run_centring(tasks_a, tasks_b)
-        peak_a = self.side_a.add_block(block_a, partial_a, row_offset)
-        peak_b = self.side_b.add_block(block_b, partial_b, row_offset)
-        found = [self.side_a.outliers(centred_a, peak_a), self.side_b.outliers(centred_b, peak_b)]
-        exact = None
-        if found[0] is not None or found[1] is not None:
-            rows = np.union1d(*[f[0] if f is not None else np.empty(0, np.int64) for f in found])
-            exact = []
-            for side, block, centred, f in ((self.side_a, block_a, centred_a, found[0]),
-                                            (self.side_b, block_b, centred_b, found[1])):
-                values = block[rows].astype(np.float64) - side.shift
-                entries = np.abs(values) > f[1] if f is not None else np.zeros(values.shape, np.bool_)
-                kept = centred[rows]
-                kept[entries] = 0.0  # the float32 GEMM sums everything but the outlier entries
-                centred[rows] = kept
-                exact.append((values, entries))
-        self.cross.add_block(centred_a, centred_b, *(exact or (None, None)))
+        centred_a, peak_a, centred_b, peak_b = self.centre_block(block_a, block_b, row_offset)
+        found_a, found_b = self.side_a.outliers(centred_a, peak_a), self.side_b.outliers(centred_b, peak_b)
+        exact_a = exact_b = None
+        if found_a is not None or found_b is not None:
+            rows = np.union1d(*[f[0] if f is not None else np.empty(0, np.int64) for f in (found_a, found_b)])
+            exact_a = _take_outliers(self.side_a, block_a, centred_a, found_a, rows)
+            exact_b = _take_outliers(self.side_b, block_b, centred_b, found_b, rows)
+        self.cross.add_block(centred_a, centred_b, exact_a, exact_b)
         for block in self.selves:
-            block.add_block(centred_a, centred_a, *(exact[:1] * 2 if exact else (None, None)))
+            block.add_block(centred_a, centred_a, exact_a, exact_a)
 
     def result(self, dtype: type = np.float32, constant_rtol: float | None = None) -> PearsonResult:
         """Correlations so far, as `PearsonResult` with `r` in `dtype` (float32 or float64)."""
@@ -452,6 +440,18 @@ def _read_pair(a: Any, b: Any, start: int, stop: int) -> tuple[np.ndarray, np.nd
 
 def _as_chunk(chunk: np.ndarray | torch.Tensor) -> np.ndarray:
     return read_rows(chunk, 0, len(chunk))
+
+
+def _take_outliers(side: _Side, block: np.ndarray, centred: np.ndarray, found: tuple | None,
+                   rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 x − shift of `rows`, mask of their outlier entries); zeroes those entries in `centred`, so
+    the float32 GEMM sums everything but them."""
+    values = block[rows].astype(np.float64) - side.shift
+    entries = np.abs(values) > found[1] if found is not None else np.zeros(values.shape, np.bool_)
+    kept = centred[rows]
+    kept[entries] = 0.0
+    centred[rows] = kept
+    return values, entries
 
 
 def _centre_all(tasks: list[tuple]) -> None:

@@ -9,6 +9,8 @@ rule align_pair:
         f"{RESULTS}/alignment/{{dataset}}/{{metric}}/{{a}}__{{b}}.parquet",
     log:
         f"{RESULTS}/logs/alignment/{{dataset}}/{{metric}}/{{a}}__{{b}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/align_pair/{{dataset}}/{{metric}}/{{a}}__{{b}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1
@@ -63,6 +65,8 @@ rule aggregate_alignment:
         ),
     log:
         f"{RESULTS}/logs/alignment/{{dataset}}/{{metric}}_aggregate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/aggregate_alignment/{{dataset}}/{{metric}}_aggregate.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:

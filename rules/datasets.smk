@@ -5,6 +5,8 @@ rule fetch_dataset_source:
         directory(f"{RESOURCES}/datasets/{{source}}"),
     log:
         f"{RESULTS}/logs/datasets/fetch_{{source}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fetch_dataset_source/fetch_{{source}}.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -22,6 +24,8 @@ rule sample_dataset:
         images=directory(f"{RESULTS}/datasets/{{dataset}}/images"),
     log:
         f"{RESULTS}/logs/datasets/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_dataset/{{dataset}}.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:

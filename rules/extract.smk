@@ -6,6 +6,8 @@ rule extract_activations:
         directory(f"{RESULTS}/activations/{{dataset}}/{{model}}.zarr"),
     log:
         f"{RESULTS}/logs/extract/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_activations/{{dataset}}/{{model}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1  # 2 threads speed an LM extraction up 1.29x on 2 cores; --set-threads for bigger nodes

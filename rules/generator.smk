@@ -13,6 +13,8 @@ rule train_generator:
         directory(f"{ZOO}/{{generator}}"),
     log:
         f"{RESULTS}/logs/models/train_{{generator}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_generator/train_{{generator}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1  # a small GAN: one thread per job beats two on shared cores
@@ -33,6 +35,8 @@ rule generator_pair:
         f"{GEN_OUT}/{{generator}}/pairs/{{model}}.npz",
     log:
         f"{RESULTS}/logs/generator/{{generator}}/pair_{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generator_pair/{{generator}}/pair_{{model}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1
@@ -77,6 +81,8 @@ rule generator_sets:
         ),
     log:
         f"{RESULTS}/logs/generator/{{generator}}/sets.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generator_sets/{{generator}}/sets.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -123,6 +129,8 @@ rule generator_edit:
         ),
     log:
         f"{RESULTS}/logs/generator/{{generator}}/edit.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generator_edit/{{generator}}/edit.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1

@@ -5,6 +5,8 @@ rule fetch_offline_model:
         directory(f"{RESOURCES}/models/{{offline}}"),
     log:
         f"{RESULTS}/logs/models/fetch_{{offline}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fetch_offline_model/fetch_{{offline}}.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -22,6 +24,8 @@ rule train_vision_model:
         directory(f"{RESULTS}/zoo/{{zoo}}"),
     log:
         f"{RESULTS}/logs/models/train_{{zoo}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_vision_model/train_{{zoo}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1  # small models: one thread per job beats two on shared cores

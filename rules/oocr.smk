@@ -11,6 +11,8 @@ rule oocr_data:
         f"{RESULTS}/oocr/{{task}}/seed{{seed}}/data.json",
     log:
         f"{RESULTS}/logs/oocr/{{task}}/seed{{seed}}_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/oocr_data/{{task}}/seed{{seed}}_data.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -31,6 +33,8 @@ rule oocr_finetune:
         directory(f"{RESULTS}/oocr/{{task}}/{{model}}/seed{{seed}}/adapter"),
     log:
         f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_finetune.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/oocr_finetune/{{task}}/{{model}}/seed{{seed}}_finetune.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: OOCR["threads"]
@@ -61,6 +65,8 @@ rule oocr_evaluate:
         },
     log:
         f"{RESULTS}/logs/oocr/{{task}}/{{model}}/seed{{seed}}_evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/oocr_evaluate/{{task}}/{{model}}/seed{{seed}}_evaluate.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: OOCR["threads"]
@@ -94,6 +100,8 @@ rule oocr_summary:
         ],
     log:
         f"{RESULTS}/logs/oocr/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/oocr_summary/summary.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:

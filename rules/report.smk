@@ -17,6 +17,8 @@ rule summarize_run:
         ),
     log:
         f"{RESULTS}/logs/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summarize_run/summary.tsv"
     conda:
         "../envs/convergence.yaml"
     script:
@@ -40,6 +42,8 @@ rule run_info:
         ),
     log:
         f"{RESULTS}/logs/run_info.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/run_info/run_info.tsv"
     conda:
         "../envs/convergence.yaml"
     params:

@@ -11,6 +11,8 @@ rule extract_units:
         directory(f"{RESULTS}/units/{{dataset}}/{{model}}"),
     log:
         f"{RESULTS}/logs/units/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_units/{{dataset}}/{{model}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1  # measured on 2 cores: 2 threads speed a job up 1.27-1.40x; two 1-thread jobs do more
@@ -37,6 +39,8 @@ rule correlate_pair:
         f"{RESULTS}/rosetta/{{dataset}}/{{units}}/pairs/{{a}}__{{b}}.npz",
     log:
         f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/correlate_{{a}}__{{b}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/correlate_pair/{{dataset}}/{{units}}/correlate_{{a}}__{{b}}.tsv"
     conda:
         "../envs/convergence.yaml"
     threads: 1  # 2 threads: 1.40x on 2 cores; raise it with --set-threads on a cluster node
@@ -62,6 +66,8 @@ rule match_pair:
         summary=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/matches/{{a}}__{{b}}.json",
     log:
         f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/match_{{a}}__{{b}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/match_pair/{{dataset}}/{{units}}/match_{{a}}__{{b}}.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -82,6 +88,8 @@ rule rosetta_sets:
         summary=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_sets.json",
     log:
         f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/{{modality}}_sets.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rosetta_sets/{{dataset}}/{{units}}/{{modality}}_sets.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -128,6 +136,8 @@ rule rosetta_figures:
         md=f"{RESULTS}/rosetta/{{dataset}}/{{units}}/{{modality}}_neurons.md",
     log:
         f"{RESULTS}/logs/rosetta/{{dataset}}/{{units}}/{{modality}}_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rosetta_figures/{{dataset}}/{{units}}/{{modality}}_figures.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:
@@ -154,6 +164,8 @@ rule rosetta_unit_kinds:
         ),
     log:
         f"{RESULTS}/logs/rosetta/{{dataset}}/{{modality}}_unit_kinds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rosetta_unit_kinds/{{dataset}}/{{modality}}_unit_kinds.tsv"
     conda:
         "../envs/convergence.yaml"
     resources:

@@ -393,13 +393,14 @@ def test_the_fault_hook_holds_renames_and_catches_writes_in_place(tmp_path):
 
 def assert_same_results(a: Path, b: Path) -> None:
     """Every result of run `a` equals run `b`'s and the other way round: the same files and stores; arrays
-    and tables exactly, figures pixel by pixel, metadata up to timings. Logs are left out (tqdm rates)."""
+    and tables exactly, figures pixel by pixel, metadata up to timings. Logs (tqdm rates) and Snakemake's
+    benchmark files (the jobs' timings) are left out."""
     def entries(root):
         base = root / "results"
         out = set()
         for p in base.rglob("*"):
             rel = p.relative_to(base)
-            if rel.parts[0] == "logs" or any(part.endswith(".zarr") for part in rel.parts[:-1]):
+            if rel.parts[0] in ("logs", "benchmarks") or any(part.endswith(".zarr") for part in rel.parts[:-1]):
                 continue  # a store is compared as a whole, below
             if p.is_file() or p.suffix == ".zarr":
                 out.add(rel)

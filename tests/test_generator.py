@@ -29,13 +29,12 @@ def test_generator_spec_needs_a_latent_size():
 
 
 def _config_with_generator(**entry):
-    from convergence.config import load_config
-
     import yaml
 
-    from convergence.config import REPO_ROOT
+    from convergence.config import REPO_ROOT, merge_overlay
 
-    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config = merge_overlay(yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text()),
+                           yaml.safe_load((REPO_ROOT / "config" / "full.yaml").read_text()))  # the scenes and the zoo
     config["zoo"]["gan-w16"] = {"kind": "generator", "dataset": "scenes_train", **entry}
     return config
 

@@ -96,13 +96,17 @@ def test_config_semantic_errors():
         check_config(validate_schema(_config({"m": {"source": "hf:x"}}, {"d": {"sampler": "hf"}})))
 
 
-def test_the_embedded_default_config_is_valid():
+def test_the_embedded_default_config_and_the_full_overlay_are_valid():
     from convergence.config import REPO_ROOT, load_config
 
-    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
-    sources = {spec["source"] for spec in cfg["models"].values()}
-    assert {f"offline:{n}" for n in offline.OFFLINE_MODELS} <= sources
-    assert any(spec["init"] == "random" for spec in cfg["models"].values())
+    default = load_config(REPO_ROOT / "config" / "config.yaml")
+    full = load_config(REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "config" / "full.yaml")
+    sources = {spec["source"] for spec in full["models"].values()}
+    assert {f"offline:{n}" for n in offline.OFFLINE_MODELS} <= sources  # the whole study uses every package
+    assert set(default["models"]) < set(full["models"])  # the overlay only adds
+    assert all(full["models"][m] == spec for m, spec in default["models"].items())
+    for cfg in (default, full):
+        assert any(spec["init"] == "random" for spec in cfg["models"].values())
 
 
 def test_missing_offline_package_says_which_pip_install(monkeypatch, tmp_path):

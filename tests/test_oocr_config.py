@@ -9,25 +9,46 @@ import sys
 import pytest
 import yaml
 
-from convergence.config import ConfigError, check_config, validate_schema
+from convergence.config import ConfigError, check_config, merge_overlay, validate_schema
 from convergence.oocr.tasks import TASKS, task_params
 from workflow import REPO
 
 
+def _raw(*names):
+    config = {}
+    for name in names:
+        merge_overlay(config, yaml.safe_load((REPO / "config" / name).read_text()))
+    return config
+
+
 @pytest.fixture(scope="module")
 def default_config():
-    return validate_schema(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    return validate_schema(_raw("config.yaml"))
 
 
-def test_default_runs_every_task_with_at_least_two_seeds(default_config):
-    oocr = default_config["oocr"]
+@pytest.fixture(scope="module")
+def full_config():
+    return validate_schema(_raw("config.yaml", "full.yaml"))
+
+
+def test_the_full_study_runs_every_task_with_at_least_two_seeds_and_the_default_a_subset(default_config,
+                                                                                        full_config):
+    oocr = full_config["oocr"]
     assert oocr["enabled"] and set(oocr["tasks"]) == set(TASKS)
     assert len(oocr["seeds"]) >= 2 and len(set(oocr["seeds"])) == len(oocr["seeds"])
-    assert oocr["n_eval_per_type"] % 2 == 0  # binary question types balance into two equal halves
-    assert oocr["free_form"] == {"samples": 5, "temperature": 1.0}  # the paper's sampling
-    for task, overrides in oocr["per_task"].items():
-        assert set(overrides.get("data", {})) <= set(task_params(task))
+    default = default_config["oocr"]
+    assert default["enabled"] and default["tasks"] and set(default["tasks"]) < set(TASKS)  # sized to the budget
+    for config in (default, oocr):
+        assert config["n_eval_per_type"] % 2 == 0  # binary question types balance into two equal halves
+        assert config["free_form"] == {"samples": 5, "temperature": 1.0}  # the paper's sampling
+        assert config["precision"] == "auto"
+        for task, overrides in config["per_task"].items():
+            assert set(overrides.get("data", {})) <= set(task_params(task))
+    # everything but the tasks and seeds is the default's: the full study asks the same questions
+    assert {k: v for k, v in oocr.items() if k not in ("tasks", "seeds")} == {
+        k: v for k, v in default.items() if k not in ("tasks", "seeds")}
     check_config(default_config)
+    check_config(full_config)
 
 
 def test_paper_overlay_has_the_papers_sizes():
@@ -43,11 +64,11 @@ def test_paper_overlay_has_the_papers_sizes():
 
 @pytest.mark.slow
 def test_paper_overlay_dry_run_plans_every_fine_tune(tmp_path):
-    """`snakemake -n` with config/paper.yaml over config/config.yaml: 5 tasks x 10 seeds of data, x 2 models of
+    """`snakemake -n` with config/paper.yaml over the full study: 5 tasks x 10 seeds of data, x 2 models of
     fine-tunes and evaluations, one summary."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "2",
-           "results/oocr/summary.csv",  # the OOCR part only: the rest of the study is config.yaml's
-           "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "paper.yaml")]
+           "results/oocr/summary.csv",  # the OOCR part only: the rest of the study is full.yaml's
+           "--configfile", *(str(REPO / "config" / name) for name in ("config.yaml", "full.yaml", "paper.yaml"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout.split("Job stats:", 1)[1], flags=re.M))

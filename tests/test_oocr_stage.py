@@ -123,7 +123,8 @@ def test_summary_has_exact_columns_one_row_per_group_and_figures(pipeline):
     on_disk = pd.read_csv(pipeline["root"] / "summary.csv")
     assert list(on_disk.columns) == SUMMARY_COLUMNS
     assert SUMMARY_COLUMNS == ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance",
-                               "majority", "n", "n_seeds", "status"]
+                               "majority", "n", "n_seeds", "status", "precision"]
+    assert set(on_disk["precision"]) <= {"bf16", "fp32"}  # what `auto` resolved to on this machine, per row
     assert len(on_disk) == len(summary)
     keys = ["task", "question_type", "model", "condition"]
     assert not on_disk.duplicated(keys).any()

@@ -472,9 +472,23 @@ def rosetta_set_models(config: dict, dataset: str, modality: str, kind: str | No
             if config["models"][m].get("init", "pretrained") == "pretrained"]
 
 
-def load_config(path: str | Path) -> dict:
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
+def merge_overlay(config: dict, overlay: dict) -> dict:
+    """`overlay` merged into `config` in place as Snakemake merges --configfile files: mappings key by key,
+    anything else (lists included) replaced."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            merge_overlay(config[key], value)
+        else:
+            config[key] = value
+    return config
+
+
+def load_config(path: str | Path, *overlays: str | Path) -> dict:
+    """A config file with overlays merged in (`snakemake --configfile path overlay ...`), validated and checked."""
+    config = {}
+    for file in (path, *overlays):
+        with open(file) as f:
+            merge_overlay(config, yaml.safe_load(f) or {})
     return check_config(validate_schema(config))
 
 

@@ -88,6 +88,38 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+PARQUET_META_KEY = b"convergence"
+
+
+def write_parquet(frame, path: str | Path, meta: dict | None = None) -> Path:
+    """Write a DataFrame atomically as parquet, with `meta` (JSON) in the schema's metadata (under
+    PARQUET_META_KEY, beside pandas' own), where `read_parquet` finds it."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if meta is not None:
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), PARQUET_META_KEY: json.dumps(meta).encode()}
+        )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_parquet(path: str | Path):
+    """(DataFrame, metadata written by `write_parquet`, or None where the file has none)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = (table.schema.metadata or {}).get(PARQUET_META_KEY)
+    return table.to_pandas(), (None if meta is None else json.loads(meta))
+
+
 @contextlib.contextmanager
 def log_to(log_path: str | Path | None):
     """Send this process's stdout and stderr (fd level, so C libraries and tqdm too) to a log file."""

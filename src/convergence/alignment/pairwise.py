@@ -8,23 +8,18 @@ One result per (dataset, metric, model pair) is a parquet table with a row per l
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from convergence import metrics
 from convergence.alignment import calibration, nsweep, stats
 from convergence.alignment.layers import best_pair, prepare_pair
 from convergence.store import StoreError, check_same_samples, layer_widths, open_activations, read_values
-from convergence.utils import atomic_path
-
-META_KEY = b"convergence"
+from convergence.utils import read_parquet, write_parquet
 
 
 @dataclass
@@ -197,20 +192,15 @@ def align_configured(path_a, path_b, label: str, entry: dict | None, options: di
 def write_pair(result: PairResult, path: str | Path) -> Path:
     la, lb = np.meshgrid(result.layers_a, result.layers_b, indexing="ij")
     df = pd.DataFrame({"layer_a": la.ravel(), "layer_b": lb.ravel(), "score": result.matrix.ravel()})
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({META_KEY: json.dumps(result.summary()).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return Path(path)
+    return write_parquet(df, path, result.summary())
 
 
 def read_pair(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """(layer-pair table, summary) of one pair result."""
-    table = pq.read_table(path)
-    meta = (table.schema.metadata or {}).get(META_KEY)
+    df, meta = read_parquet(path)
     if meta is None:
         raise ValueError(f"{path} is not an alignment result (no summary metadata); delete it and rerun")
-    return table.to_pandas(), json.loads(meta)
+    return df, meta
 
 
 def matrix_of(df: pd.DataFrame) -> pd.DataFrame:

@@ -9,18 +9,14 @@ Samplers know no model.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from convergence.utils import atomic_path
+from convergence.utils import atomic_path, read_parquet, write_parquet
 
 SAMPLERS: dict[str, Callable[[dict], Iterable[dict]]] = {}
-META_KEY = b"convergence"
 
 
 class DatasetError(ValueError):
@@ -79,10 +75,7 @@ def write_samples(records: Iterable[dict], out_dir: str | Path, meta: dict) -> P
         dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
         raise DatasetError(f"dataset '{meta.get('dataset')}': duplicate sample_id '{dup}'")
     meta = dict(meta, **getattr(records, "meta", {}), n=len(df), content_sha256=digest.hexdigest())
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    with atomic_path(parquet) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(df, parquet, meta)
     return parquet
 
 
@@ -109,9 +102,8 @@ def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path} does not exist: sample the dataset first (snakemake {path})")
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    df = table.to_pandas()
+    df, meta = read_parquet(path)
+    meta = meta or {}
     if len(df) == 0:
         raise DatasetError(f"{path} holds no samples: the dataset is empty")
     if "image" in df:

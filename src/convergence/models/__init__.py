@@ -223,6 +223,10 @@ def load_model(spec: dict, resources_dir: str | Path = "resources", materialize:
                 f"cannot load the weights of '{spec['source']}' (safetensors or GGUF only): {e}"
             ) from e
     device = pick_device(spec)
+    if dtype == torch.bfloat16:  # runs as asked; warns with the measured slowdown where bf16 is not native
+        from convergence.precision import resolve_precision
+
+        resolve_precision("bf16", str(device))
     model.to(device).eval()
     metrics_file = Path(src.path) / "metrics.json"
     return LoadedModel(

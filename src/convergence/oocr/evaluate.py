@@ -59,8 +59,10 @@ SUMMARY_COLUMNS = [
     "n",
     "n_seeds",
     "status",
+    "precision",  # what the scoring computed in (each result file's metadata; "bf16,fp32" where runs differ)
 ]
 CONDITION_ORDER = ("finetuned", "icl", "untuned")
+UNRECORDED = "unrecorded"  # the precision of result files written before it was recorded
 IN_DISTRIBUTION = "in_distribution"
 # status of a summary row: a finetuned in-distribution score whose CI does not clear chance means the
 # model never learned the training task, so its out-of-context rows cannot show anything.
@@ -313,6 +315,7 @@ def summarize(results: pd.DataFrame, value: str = "score", n_boot: int = 2000, s
             "n": len(group),
             "n_seeds": group["run_seed"].nunique(),
             "status": OK,
+            "precision": ",".join(sorted(set(group["precision"]))) if "precision" in group else UNRECORDED,
         }
         rows.append(dict(zip(keys, key)) | stats)
     return flag_unlearned(pd.DataFrame(rows, columns=SUMMARY_COLUMNS))

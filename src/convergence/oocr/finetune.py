@@ -1,6 +1,6 @@
 """LoRA fine-tuning of a causal LM on OOCR documents: loss on the answer tokens only, identical
 documents merged into weighted rows, left padding with logits only where an answer token is predicted,
-optionally bf16 matrix products."""
+bf16 matrix products where the device computes them natively (`precision: auto`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from convergence.precision import PRECISIONS, PrecisionChoice, resolve_precision
+
 from .scoring import _accepts, encode_pair, model_device, pad_id
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
-PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass
@@ -40,8 +41,10 @@ class FinetuneConfig:
     lr_schedule: str = "linear"
     max_length: int = 96  # tokens; longer documents lose the start of their prompt, never the answer
     # "bf16": matrix products in bfloat16 under autocast (LoRA weights and the optimiser stay float32),
-    # 2.6x faster per step on a CPU with AVX512-BF16 and the usual choice on GPUs; "fp32": exact.
-    precision: str = "bf16"
+    # 2.6x faster per step on a CPU with AVX512-BF16 and the usual choice on GPUs, but ~50x slower per matmul
+    # on a CPU without native bf16 (AVX2 only); "fp32": exact; "auto": bf16 where native, else fp32
+    # (convergence.precision).
+    precision: str = "auto"
     seed: int = 0
 
 
@@ -54,6 +57,7 @@ class FinetuneResult:
     files: dict[str, Path] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimiser step used
     n_rows: int = 0  # distinct training rows (documents after merging duplicates)
+    precision: PrecisionChoice | None = None  # what the matrix products ran in, and why
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,9 @@ def finetune(
     documents are merged into one weighted row (Coins repeats each prompt with both answers many
     times: the merged rows, whose answers to one prompt always share a batch, give the same gradient
     at a tenth of the cost). Batches of about `batch_size` rows are drawn in seeded epochs; the loss is
-    the weighted mean cross-entropy over the answer tokens of the batch (prompt tokens carry no loss). With `out_dir`, the adapter is saved there as
-    safetensors with `loss_curve.csv` and `finetune_config.json` beside it.
+    the weighted mean cross-entropy over the answer tokens of the batch (prompt tokens carry no loss). With
+    `out_dir`, the adapter is saved there as safetensors with `loss_curve.csv` and `finetune_config.json`
+    beside it. `config.precision` "auto" is resolved here, for the model's device (`result.precision`).
 
     The LoRA layers are injected into the given model in place: score the untuned baseline
     before, on a fresh copy, or inside `result.model.disable_adapter()`.
@@ -101,6 +106,8 @@ def finetune(
         if loader is None:
             raise ValueError("give model and tokenizer, or a loader")
         model, tokenizer = loader()
+    choice = resolve_precision(config.precision, model_device(model).type)
+    precision = choice.precision
     torch.manual_seed(config.seed)  # LoRA's A matrices are initialised randomly
     lora = LoraConfig(
         r=config.rank,
@@ -114,14 +121,14 @@ def finetune(
     frozen = None
     if config.layers is not None and config.layers < model.config.num_hidden_layers:
         frozen = FrozenBlocks(model, model.config.num_hidden_layers - config.layers)
-        frozen.precompute(rows, pad_id(tokenizer), config.precision, config.batch_size)
+        frozen.precompute(rows, pad_id(tokenizer), precision, config.batch_size)
     try:
-        losses, lrs = _train(model, rows, pad_id(tokenizer), config, progress, frozen)
+        losses, lrs = _train(model, rows, pad_id(tokenizer), config, precision, progress, frozen)
     finally:
         if frozen is not None:
             frozen.restore()
     model.eval()
-    result = FinetuneResult(model, tokenizer, losses, config, lrs=lrs, n_rows=len(rows))
+    result = FinetuneResult(model, tokenizer, losses, config, lrs=lrs, n_rows=len(rows), precision=choice)
     if out_dir is not None:
         result.files = save(result, out_dir)
     return result
@@ -344,7 +351,7 @@ def _blocks(model) -> torch.nn.ModuleList:
     raise ValueError(f"cannot find the {n} transformer blocks of {type(model).__name__}")
 
 
-def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, progress: bool,
+def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, precision: str, progress: bool,
            frozen: FrozenBlocks | None = None) -> tuple[list, list]:
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -366,7 +373,7 @@ def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, progress: b
         batch = collate([rows[i] for i in indices], pad, device)
         if frozen is not None:
             frozen.feeding(indices, batch["input_ids"].shape[1])
-        loss = batch_loss(model, batch, config.precision)
+        loss = batch_loss(model, batch, precision)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -397,7 +404,10 @@ def save(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
         writer.writerow(["step", "loss", "lr"])
         writer.writerows((step + 1, loss, lr) for step, (loss, lr) in enumerate(zip(result.losses, result.lrs)))
     config_path = out_dir / "finetune_config.json"
-    config_path.write_text(json.dumps(asdict(result.config), indent=1))
+    saved_config = asdict(result.config)
+    if result.precision is not None:  # what "auto" became, beside what was asked
+        saved_config["precision_used"] = result.precision.precision
+    config_path.write_text(json.dumps(saved_config, indent=1))
     return {"adapter": out_dir / "adapter_model.safetensors", "loss_curve": curve, "config": config_path}
 
 

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from convergence.oocr.sandbox import run_coin_in_sandbox, run_in_sandbox
-
-PRECISIONS = ("bf16", "fp32")
+from convergence.precision import COMPUTED
 
 # --------------------------------------------------------------------------- tokenisation
 
@@ -72,11 +71,12 @@ def _accepts(model, name: str) -> bool:
 
 
 def autocast(model, precision: str):
-    """bf16: matrix products in bfloat16 (about 3x faster on a CPU with AVX512-BF16); fp32: exact.
+    """bf16: matrix products in bfloat16 (about 3x faster on a CPU with AVX512-BF16); fp32: exact. Takes
+    what a job computes in ("auto" is resolved before, by convergence.precision.resolve_precision).
     A model whose weights are bfloat16 already (`run_evaluate` casts them once: autocast would cast
     every weight again at every forward pass, which dominates token-by-token decoding) runs as it is."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in COMPUTED:
+        raise ValueError(f"precision must be one of {COMPUTED} (resolve 'auto' first), got {precision!r}")
     if precision == "fp32" or next(model.parameters()).dtype == torch.bfloat16:
         return nullcontext()
     return torch.autocast(model_device(model).type, dtype=torch.bfloat16)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from convergence.utils import atomic_path, package_versions, save_figure
+from convergence.utils import atomic_path, package_versions, read_parquet, save_figure, write_parquet
 
 from . import CONDITIONS
 from .tasks import QUESTION_TYPES, TASKS, TaskData, generate
@@ -30,7 +30,8 @@ DEFAULTS = {
     # Data: evaluation items per question type (the generators default to 24-32).
     "n_eval_per_type": 12,
     # LoRA: rank 8 on every linear layer, batches of 16 distinct documents, peak lr 2e-3 decaying
-    # linearly to 0; bf16 matrix products (2.6x faster per step on CPUs with AVX512-BF16).
+    # linearly to 0; bf16 matrix products where the device computes them natively (2.6x faster per step on
+    # CPUs with AVX512-BF16; ~50x slower per matmul on AVX2-only CPUs, where auto takes fp32).
     "steps": 150,
     "batch_size": 16,
     "lr": 2e-3,
@@ -39,7 +40,7 @@ DEFAULTS = {
     "alpha": 16,
     "target_modules": "all-linear",
     "max_length": 96,
-    "precision": "bf16",
+    "precision": "auto",
     # In-context baseline: k documents of the item's own latents, cut to fit max_tokens.
     "icl_k": 10,
     "icl_max_tokens": 1024,
@@ -55,7 +56,7 @@ DEFAULTS = {
 
 SUMMARY_COLUMNS = [
     "task", "question_type", "model", "condition", "score", "ci_low", "ci_high", "chance", "majority", "n", "n_seeds",
-    "status",
+    "status", "precision",
 ]
 
 
@@ -168,13 +169,14 @@ def run_finetune(
             "train_seconds": round(seconds, 2),
             "train_cpu_seconds": round(cpu_seconds, 2),
             "seconds_per_step": round(seconds / max(1, config.steps), 4),
+            "precision": result.precision.provenance(),
             "first_loss": result.losses[0] if result.losses else None,
             "last_loss": result.losses[-1] if result.losses else None,
             "packages": package_versions(("convergence", "torch", "transformers", "peft")),
         }
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
     print(
-        f"{data.task} run {data.seed}: {config.steps} LoRA steps in {seconds:.0f} s; "
+        f"{data.task} run {data.seed}: {config.steps} LoRA steps in {seconds:.0f} s ({result.precision.precision}); "
         f"loss {provenance['first_loss']:.3f} -> {provenance['last_loss']:.3f}"
     )
     return Path(out_dir)
@@ -231,9 +233,13 @@ def run_evaluate(
     own latents before each prompt (cut to fit `icl_max_tokens`, None: the model's context); finetuned:
     the base model with the LoRA adapter in `adapter_dir`. The model loads once: untuned and icl run
     first, then the adapter is applied. `model_name` (default: the source's name) fills the table's
-    model column.
+    model column. `precision` "auto" is resolved for the model's device; each parquet's metadata records
+    the choice (`utils.read_parquet`; `read_items` reads it into the summary's precision column).
     """
+    from convergence.precision import resolve_precision
+
     from .evaluate import evaluate_task
+    from .scoring import model_device
 
     unknown = set(outputs) - set(CONDITIONS)
     if unknown or not outputs:
@@ -244,6 +250,8 @@ def run_evaluate(
     data = load_data(data_path)
     loaded = _load(model_spec, resources_dir)
     model = loaded.model
+    choice = resolve_precision(precision, model_device(model).type)
+    precision = choice.precision
     if precision == "bf16":  # weights cast once (the adapter keeps float32 weights of its own)
         import torch
 
@@ -276,9 +284,9 @@ def run_evaluate(
             precision=precision,
         )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-        with atomic_path(outputs[condition]) as tmp:
-            results.to_parquet(tmp, index=False)
-        written[condition] = Path(outputs[condition])
+        provenance = {"condition": condition, "source": model_spec["source"], "seconds": round(seconds, 2),
+                      "cpu_seconds": round(cpu_seconds, 2), "precision": choice.provenance()}
+        written[condition] = write_parquet(results, outputs[condition], provenance)
         means = results.groupby("question_type", sort=False)["score"].mean().round(3).to_dict()
         k = f" (k = {sorted(set(results['icl_k']))})" if condition == "icl" else ""
         print(f"{data.task} run {data.seed} {name} {condition}{k}: {len(results)} items in {seconds:.0f} s "
@@ -290,7 +298,13 @@ def run_evaluate(
 
 
 def read_items(item_files: Iterable[str | Path]) -> pd.DataFrame:
-    frames = [pd.read_parquet(f) for f in item_files]
+    """Every per-item result file in one table, with the precision each file's job computed in."""
+    from .evaluate import UNRECORDED
+
+    frames = []
+    for path in item_files:
+        frame, meta = read_parquet(path)
+        frames.append(frame.assign(precision=((meta or {}).get("precision") or {}).get("precision", UNRECORDED)))
     if not frames:
         raise ValueError("no per-item result files to summarise")
     results = pd.concat(frames, ignore_index=True)

@@ -313,3 +313,24 @@ def test_baseline_config_errors():
 def test_weights_requirements_file_lists_every_offline_package():
     lines = [ln for ln in offline.WEIGHTS_REQUIREMENTS.read_text().splitlines() if ln and not ln.startswith("#")]
     assert lines == offline.requirement_lines(), "regenerate requirements/weights.txt from the registry"
+
+
+def test_overlays_merge_as_snakemake_merges_configfiles():
+    """merge_overlay against Snakemake's own update_config: a hand example and the real overlays."""
+    import copy
+
+    import yaml
+    from snakemake.utils import update_config
+
+    from convergence.config import REPO_ROOT, merge_overlay
+
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": [1], "c": 3}
+    overlay = {"a": {"y": [3], "z": {"w": 1}}, "b": [2, 3], "d": None}
+    expected = {"a": {"x": 1, "y": [3], "z": {"w": 1}}, "b": [2, 3], "c": 3, "d": None}
+    assert merge_overlay(copy.deepcopy(base), overlay) == expected
+    files = [yaml.safe_load((REPO_ROOT / "config" / n).read_text()) for n in ("config.yaml", "full.yaml", "paper.yaml")]
+    ours, theirs = {}, {}
+    for f in files:
+        merge_overlay(ours, copy.deepcopy(f))
+        update_config(theirs, copy.deepcopy(f))
+    assert ours == theirs

@@ -54,3 +54,14 @@ def test_machine_block_scales_the_wall_time_by_the_matmul_ratio(monkeypatch):
     assert "4.25 ms here, 17 ms on the reference" in text and "ratio 4.00" in text
     assert "wall time scaled by that ratio: 40.0 min" in text
     assert text.startswith("machine: ") and "precision auto here: " in text
+
+
+def test_every_rule_writes_its_benchmark_under_its_own_name():
+    import re
+
+    rules = Path(__file__).resolve().parents[1] / "rules"
+    for smk in sorted(rules.glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", smk.read_text(), flags=re.M):
+            path = re.search(r"^\s+benchmark:\n\s+f\"\{RESULTS\}/benchmarks/([^\"]+)\"", body, flags=re.M)
+            assert path, f"{smk.name}: rule {name} has no benchmark: directive under results/benchmarks/"
+            assert path.group(1).startswith(f"{name}/") and path.group(1).endswith(".tsv"), (name, path.group(1))

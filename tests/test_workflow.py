@@ -221,3 +221,16 @@ def test_html_report_holds_every_figure(finished_run, base_config):
     for name in ("mutual_knn_scale.png", "cka_layers.png", "language_neurons.png", "vision_pairwise.png",
                  "coins.png", "versions.json"):
         assert name in html, name
+
+
+def test_every_job_leaves_a_benchmark_file_that_the_profile_reads(finished_run, base_config, tmp_path):
+    """One `benchmark:` record per job, under results/benchmarks/<rule>/: the run carries its own profile."""
+    from collections import Counter
+
+    from test_run_profile import _module
+
+    planned = planned_jobs(tmp_path / "fresh", base_config)  # a fresh folder: every job of the run
+    planned.pop("all")  # the target rule runs nothing
+    jobs = _module().job_records(finished_run / "results")
+    assert Counter(job["rule"] for job in jobs) == planned
+    assert all(job["s"] > 0 for job in jobs)

@@ -52,7 +52,7 @@ def test_machine_block_scales_the_wall_time_by_the_matmul_ratio(monkeypatch):
     monkeypatch.setattr(module, "matmul_ms", lambda: 4.25)
     text = module.machine(600.0)  # 10 min here, 4x faster than the reference's 17 ms
     assert "4.25 ms here, 17 ms on the reference" in text and "ratio 4.00" in text
-    assert "wall time scaled by that ratio: 40.0 min" in text
+    assert "wall time scaled by that ratio: 40.0 min (budgets on 2 cores: the default 30 min" in text
     assert text.startswith("machine: ") and "precision auto here: " in text
 
 

@@ -41,9 +41,9 @@ class FinetuneConfig:
     lr_schedule: str = "linear"
     max_length: int = 96  # tokens; longer documents lose the start of their prompt, never the answer
     # "bf16": matrix products in bfloat16 under autocast (LoRA weights and the optimiser stay float32),
-    # 2.6x faster per step on a CPU with AVX512-BF16 and the usual choice on GPUs, but ~50x slower per matmul
-    # on a CPU without native bf16 (AVX2 only); "fp32": exact; "auto": bf16 where native, else fp32
-    # (convergence.precision).
+    # 1.7x faster per step on a CPU with AVX512-BF16 and the usual choice on GPUs, but 18x slower per step on
+    # a CPU without native bf16 (AVX2 only; benchmarks/precision_speed.py); "fp32": exact; "auto": bf16 where
+    # native, else fp32 (convergence.precision).
     precision: str = "auto"
     seed: int = 0
 

@@ -30,8 +30,9 @@ DEFAULTS = {
     # Data: evaluation items per question type (the generators default to 24-32).
     "n_eval_per_type": 12,
     # LoRA: rank 8 on every linear layer, batches of 16 distinct documents, peak lr 2e-3 decaying
-    # linearly to 0; bf16 matrix products where the device computes them natively (2.6x faster per step on
-    # CPUs with AVX512-BF16; ~50x slower per matmul on AVX2-only CPUs, where auto takes fp32).
+    # linearly to 0; bf16 matrix products where the device computes them natively (a LoRA step 1.7x faster on
+    # a CPU with AVX512-BF16, 18x slower with the libraries held to AVX2, where auto takes fp32:
+    # benchmarks/precision_speed.py).
     "steps": 150,
     "batch_size": 16,
     "lr": 2e-3,

@@ -62,7 +62,7 @@ rule generator_sets:
     input:
         pairs=lambda wc: list(generator_pair_files(wc).values()),
         generator=f"{ZOO}/{{generator}}",
-        weights=generator_model_weights(generator_trained_models(config)),
+        weights=lambda wc: generator_model_weights(generator_trained_models(config)),
     output:
         matches=f"{GEN_OUT}/{{generator}}/matches.csv",
         sets=f"{GEN_OUT}/{{generator}}/sets.csv",
@@ -113,7 +113,7 @@ rule generator_edit:
             generator_pair_files(wc, generator_trained_models(config)).values()
         ),
         generator=f"{ZOO}/{{generator}}",
-        weights=generator_model_weights(generator_trained_models(config)),
+        weights=lambda wc: generator_model_weights(generator_trained_models(config)),
         evaluator=generator_evaluator,
         samples=f"{RESULTS}/datasets/{GENERATOR['invert']['dataset']}/samples.parquet",
     output:

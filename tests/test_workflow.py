@@ -121,7 +121,8 @@ def test_oocr_summary(finished_run):
 
     summary = pd.read_csv(finished_run / "results/oocr/summary.csv")
     assert list(summary.columns) == ["task", "question_type", "model", "condition", "score", "ci_low", "ci_high",
-                                     "chance", "majority", "n", "n_seeds", "status"]
+                                     "chance", "majority", "n", "n_seeds", "status", "precision"]
+    assert set(summary.precision) <= {"bf16", "fp32"}  # what `auto` resolved to in the run's jobs
     assert set(summary.condition) == {"finetuned", "icl", "untuned"} and set(summary.task) == {"coins"}
     assert (summary.n_seeds == 2).all() and summary.groupby("question_type")["n"].nunique().eq(1).all()
     assert (finished_run / "results/oocr/coins.png").stat().st_size > 0
@@ -231,6 +232,7 @@ def test_every_job_leaves_a_benchmark_file_that_the_profile_reads(finished_run, 
 
     planned = planned_jobs(tmp_path / "fresh", base_config)  # a fresh folder: every job of the run
     planned.pop("all")  # the target rule runs nothing
+    planned["run_info"] = 1  # planned_jobs leaves it out (it reruns on any config change)
     jobs = _module().job_records(finished_run / "results")
     assert Counter(job["rule"] for job in jobs) == planned
     assert all(job["s"] > 0 for job in jobs)

@@ -91,9 +91,9 @@ def matmul_ms(size: int = 512, repeats: int = 20) -> float:
     """Best single-thread time of a float32 `size` x `size` matmul (torch, the library the models use)."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from convergence.utils import torch_threads
+
+    with torch_threads(1):
         a, b = torch.randn(size, size), torch.randn(size, size)
         for _ in range(3):
             a @ b
@@ -103,8 +103,6 @@ def matmul_ms(size: int = 512, repeats: int = 20) -> float:
             a @ b
             best = min(best, time.perf_counter() - start)
         return best * 1e3
-    finally:
-        torch.set_num_threads(threads)
 
 
 def cpu_description() -> str:

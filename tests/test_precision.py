@@ -172,3 +172,18 @@ def test_stage_outputs_record_the_choice_and_auto_scores_equal_fp32(no_bf16, lla
             scores[name, condition] = frame
     for condition in ("untuned", "finetuned"):
         pd.testing.assert_frame_equal(scores["auto", condition], scores["fp32", condition])
+
+
+def test_torch_threads_sets_the_count_inside_and_restores_it_after_an_error_too():
+    from convergence.utils import torch_threads
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(other):
+        raise RuntimeError
+    assert torch.get_num_threads() == before

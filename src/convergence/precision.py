@@ -121,13 +121,10 @@ def measure_bf16_slowdown(device: str = "cpu", size: int = PROBE_SIZE, repeats: 
             times.append(time.perf_counter() - start)
         return min(times[1:])
 
-    threads = torch.get_num_threads()
-    if str(device).startswith("cpu"):
-        torch.set_num_threads(1)
-    try:
+    from convergence.utils import torch_threads
+
+    with torch_threads(1 if str(device).startswith("cpu") else None):
         return best(torch.bfloat16) / max(best(torch.float32), 1e-9)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def resolve_precision(requested: str, device: str = "cpu", *, log=print) -> PrecisionChoice:

@@ -121,6 +121,22 @@ def read_parquet(path: str | Path):
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with torch on `n` intra-op threads (None or 0: as they are), then give the caller back its
+    own count: a library call must not change it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n and int(n) != before:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def log_to(log_path: str | Path | None):
     """Send this process's stdout and stderr (fd level, so C libraries and tqdm too) to a log file."""
     if not log_path:

@@ -9,12 +9,13 @@ Two nulls, compared with the same statistics as the observed matches:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from convergence.utils import torch_threads
 
 from .matching import TopKPartners, as_partners, mutual_matches
 from .correlation import PearsonResult, pearson
@@ -89,17 +90,6 @@ def random_rotation(dim: int, seed: int = 0) -> np.ndarray:
     return q * np.sign(np.diag(upper))[None, :]
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with torch on `n` threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
 
 
 def rotation_null(a: Any, b: Any, seed: int = 0, **pearson_kw) -> PearsonResult:

@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from convergence.datasets import read_samples
 from convergence.models import pick_device
-from convergence.utils import atomic_path, package_versions, sha256_file
+from convergence.utils import atomic_path, package_versions, sha256_file, torch_threads
 from convergence.vision import attributes as A
 
 ARCH_DEFAULTS = {
@@ -265,22 +265,12 @@ def train_zoo_model(samples_parquet: str | Path, arch_spec: dict, out_dir: str |
     `device`: "cpu" (default; bitwise reproducible for a given thread count and torch/transformers
     versions), "cuda" or "auto".
     """
-    with _torch_threads(threads):
+    with torch_threads(threads):
         return _train_zoo_model(samples_parquet, arch_spec, out_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                                 seed=seed, holdout_fraction=holdout_fraction, weight_decay=weight_decay,
                                 split_seed=split_seed, device=device, progress=progress)
 
 
-@contextmanager
-def _torch_threads(threads: int | None):
-    """Use `threads` intra-op threads inside the block; a library call should not change the caller's."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_zoo_model(samples_parquet, arch_spec, out_dir, *, epochs, batch_size, lr, seed, holdout_fraction,

@@ -54,7 +54,7 @@ wildcard_constraints:
     a=_alternatives(config["models"]),
     b=_alternatives(config["models"]),
     modality="language|vision",
-    units="mlp|residual",
+    units="mlp|activation|residual",
     task="|".join(OOCR["tasks"]) or "^$",
     seed=r"\d+",
 

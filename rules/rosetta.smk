@@ -54,6 +54,12 @@ rule correlate_pair:
         rotation_null=lambda wc: ROSETTA["rotation_null"]
         and rosetta_pair_trained(wc.a, wc.b),
         null_draws=ROSETTA["null_draws"],
+        shuffle_draws=lambda wc: (
+            ROSETTA["shuffle_draws"]
+            if rosetta_pair_trained(wc.a, wc.b)
+            and config["models"][wc.a]["modality"] == "vision"
+            else 0
+        ),
     script:
         "../scripts/correlate_pair.py"
 

@@ -287,7 +287,9 @@ def _pixel_vision(name="pixels"):
 
     model = PixelModel()
     model.dtype = torch.float32
-    return VisionMaps(SimpleNamespace(model=model, processor=processor, device=torch.device("cpu")), [0], name)
+    # Pixels pass no nonlinearity: their units are "residual" (hidden state 0 itself).
+    return VisionMaps(SimpleNamespace(model=model, processor=processor, device=torch.device("cpu")), [0], name,
+                      kind="residual")
 
 
 def test_your_own_generator_loads_from_its_class(tmp_path):

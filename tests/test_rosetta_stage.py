@@ -408,3 +408,104 @@ def test_pearson_exact_on_real_smollm2_units(scenes_small, tmp_path):
     got = pearson(residual.astype(np.float32), mlp[:, keep].astype(np.float32), chunk_size=128)
     live = ~got.const_a
     assert np.abs(got.r[live] - expected[live]).max() <= 1e-6
+
+
+# ---------------------------------------------------------------- privileged bases and the shuffled-images null
+
+GRID, N_IMAGES = 4, 80
+
+
+def _cell_store(path, acts: np.ndarray, model: str) -> str:
+    """A vision units store of `acts [N_IMAGES * GRID², D]` (one layer), rows (image, cell)."""
+    n = len(acts)
+    ids = [f"img{i // GRID ** 2:03d}" for i in range(n)]
+    return write_units_store(path, acts[:, None, :], model, sample_ids=ids, unit_pos=[i % GRID ** 2 for i in range(n)],
+                             positions="cell", grid=GRID)
+
+
+def _smooth(rng, units: int) -> np.ndarray:
+    """Independent smooth random maps: per image and unit, white noise averaged over each cell's 3x3
+    neighbourhood (circularly): neighbouring cells correlate, images do not. -> rows (image, cell) x units."""
+    noise = rng.standard_normal((N_IMAGES, units, GRID, GRID))
+    smooth = sum(np.roll(noise, (dy, dx), axis=(2, 3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 3
+    return smooth.transpose(0, 2, 3, 1).reshape(N_IMAGES * GRID ** 2, units)
+
+
+def _summary_of(tmp_path, a, b, name, **kw):
+    corr = correlate_units(a, b, tmp_path / f"{name}.npz", k=3, seed=1, **kw)
+    _, summary = match_units(corr, tmp_path / f"{name}.parquet", k_relaxed=3)
+    return json.loads(summary.read_text())["strict"], load_correlation(corr)
+
+
+def test_a_planted_concept_behind_a_nonlinearity_beats_every_null_and_its_rotated_linear_layer_does_not(tmp_path):
+    """Two 'models' see the same per-image concepts. Each puts one concept on each unit behind a ReLU (a privileged
+    basis, units permuted between models), then a linear layer mixes its ReLU units by an arbitrary rotation (as an
+    MBConv projection does). The ReLU units match one to one far above the rotation null, the shuffled-images null
+    and a random-init control; the linear layer's units hold the same information but no more matches than its
+    rotation null."""
+    rng = np.random.default_rng(0)
+    d = 24
+    concepts = _smooth(rng, d) + rng.standard_normal((N_IMAGES * GRID ** 2, d))  # what is in each image, where
+    stores, perms = {}, {}
+    for name in ("a", "b"):
+        perms[name] = rng.permutation(d)
+        relu = np.maximum(concepts[:, perms[name]] + 0.5 * rng.standard_normal(concepts.shape), 0)
+        stores[f"{name}_act"] = _cell_store(tmp_path / f"{name}_act.zarr", relu, name)
+        stores[f"{name}_lin"] = _cell_store(tmp_path / f"{name}_lin.zarr", relu @ random_rotation(d, seed=ord(name)), name)
+    control = np.maximum(_smooth(rng, d) + rng.standard_normal((N_IMAGES * GRID ** 2, d)), 0)  # sees other 'images'
+    stores["control"] = _cell_store(tmp_path / "control.zarr", control, "control")
+    act, act_corr = _summary_of(tmp_path, stores["a_act"], stores["b_act"], "act", shuffle_draws=5)
+    lin, _ = _summary_of(tmp_path, stores["a_lin"], stores["b_lin"], "lin", shuffle_draws=5)
+    ctrl, _ = _summary_of(tmp_path, stores["a_act"], stores["control"], "ctrl", rotation_null=False)
+    # Every concept's two units are a strict match...
+    planted = {(int(np.flatnonzero(perms["a"] == c)[0]), int(np.flatnonzero(perms["b"] == c)[0])) for c in range(d)}
+    from convergence.rosetta import mutual_matches as mm
+
+    found = mm(act_corr.observed, 1)
+    assert set(zip(found.a.tolist(), found.b.tolist())) == planted
+    # ...far above the rotation null, the shuffled-images null and the control...
+    assert act["matches_observed"] == d and act["z_matches"] > 3 and act["shuffle"]["z_matches"] > 3
+    assert act["shuffle"]["null_draws"] == 5 and act["matches_observed"] > ctrl["matches_observed"] + 10
+    # ...while the rotated linear layer is no better than its rotation null.
+    assert lin["matches_observed"] < lin["matches_null"] + 3 * lin["matches_null_sd"]
+    assert lin["mean_r_observed"] < act["mean_r_observed"] - 0.3
+
+
+def test_the_shuffled_images_null_keeps_map_autocorrelation_and_layout(tmp_path):
+    """Smooth random maps share nothing between the models: no excess over the shuffled-images null. Units that
+    share only a layout (the same spot in every image, different content) fool the rotation null, which destroys
+    the one-spot-per-unit basis, but not the shuffled-images null, which keeps it."""
+    rng = np.random.default_rng(1)
+    d = 16
+    a = _cell_store(tmp_path / "sa.zarr", _smooth(rng, d), "a")
+    b = _cell_store(tmp_path / "sb.zarr", _smooth(rng, d), "b")
+    smooth, _ = _summary_of(tmp_path, a, b, "smooth", shuffle_draws=10)
+    assert smooth["shuffle"]["z_matches"] < 2 and smooth["z_matches"] < 3
+    assert smooth["shuffle"]["excess_matches"] < 3 * smooth["shuffle"]["matches_null_sd"] + 1
+
+    spots = np.eye(GRID ** 2)[rng.permutation(GRID ** 2)[:d]]  # unit u lights cell spots[u] in every image
+    layout = np.tile(spots.T, (N_IMAGES, 1)) * 3  # rows (image, cell) x units
+    la = _cell_store(tmp_path / "la.zarr", layout + _smooth(rng, d), "a")
+    lb = _cell_store(tmp_path / "lb.zarr", layout[:, rng.permutation(d)] + _smooth(rng, d), "b")
+    layout_only, _ = _summary_of(tmp_path, la, lb, "layout", shuffle_draws=10)
+    assert layout_only["matches_observed"] == d and layout_only["z_matches"] > 3  # the rotation null is fooled
+    assert layout_only["shuffle"]["matches_null"] > d - 2  # the shuffled images keep every layout match
+    assert layout_only["shuffle"]["excess_matches"] < 2  # (its SD is ~0, so z is undefined: no excess to scale)
+
+
+def test_shuffled_image_rows_are_derangements_of_whole_images():
+    from convergence.rosetta import shuffled_image_rows
+
+    ids = np.repeat([f"i{k}" for k in range(5)], 4)
+    pos = np.tile(np.arange(4), 5)
+    draws = shuffled_image_rows(ids, pos, seed=3, draws=50)
+    assert [d.tolist() for d in draws] == [d.tolist() for d in shuffled_image_rows(ids, pos, seed=3, draws=50)]
+    for rows in draws:
+        assert np.array_equal(pos[rows], pos)  # the same cell...
+        assert (ids[rows] != ids).all()  # ...of another image
+        assert sorted(rows.tolist()) == list(range(20))  # every row of B once
+    assert len({tuple(d.tolist()) for d in draws}) > 20
+    with pytest.raises(ValueError, match="cells 0..C-1 in order"):
+        shuffled_image_rows(["a", "a", "b"], [0, 1, 0], seed=0, draws=1)
+    with pytest.raises(ValueError, match="at least two images"):
+        shuffled_image_rows(["a", "a"], [0, 1], seed=0, draws=1)

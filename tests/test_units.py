@@ -32,8 +32,7 @@ def _units(tiny_models, samples, arch, out, **kw):
     spec = {"source": f"local:{tiny_models[arch]}", "batch_size": 7}
     if arch in ("vit", "dinov2", "clip", "resnet"):
         spec["modality"] = "vision"
-    else:
-        spec["units"] = "residual"  # hidden states, compared with the model's own output below
+    spec["units"] = "residual"  # hidden states, compared with the model's own output below
     spec.update(kw.pop("spec", {}))
     return extract_units(samples, spec, out, model_name=arch, dataset_name="d", progress=False,
                          store_dtype="float32", **kw)
@@ -361,3 +360,124 @@ def test_unit_kinds_from_one_pass_equal_each_kind_on_its_own(tiny_models, scenes
     with pytest.raises(UnitsError, match="kinds must name each unit kind once"):
         _units(tiny_models, samples, arch, tmp_path / "twice", kinds=["mlp", "mlp"])
     assert not (tmp_path / "v").exists() and not (tmp_path / "twice").exists()
+
+
+# ---------------------------------------------------------------- vision activation units (privileged basis)
+
+
+def _vision_by_hand(lm, image, site) -> torch.Tensor:
+    """One image's map at `site` by another route: forward hooks on the layers *before* the nonlinearity,
+    which is then applied here (`site(captured)` -> `[1, C, H, W]` or tokens)."""
+    pixels = lm.processor(images=[image], return_tensors="pt")["pixel_values"]
+    seen = {}
+    module, act = site
+    hook = module.register_forward_hook(lambda m, i, o: seen.__setitem__("pre", o))
+    try:
+        with torch.inference_mode():
+            lm.model(pixel_values=pixels)
+    finally:
+        hook.remove()
+    return act(seen["pre"])
+
+
+def _as_cells(fmap: torch.Tensor, grid: int) -> np.ndarray:
+    if fmap.ndim == 3:  # tokens: CLS + 4x4 patches (32 px images, 8 px patches)
+        fmap = fmap[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    fmap = F.interpolate(fmap.float(), size=(grid, grid), mode="bilinear", align_corners=False)[0]
+    return fmap.permute(1, 2, 0).reshape(grid * grid, -1).numpy()
+
+
+@pytest.fixture(scope="module")
+def lite0_random(tmp_path_factory):
+    """An EfficientNet-Lite0 folder with the TF initialisation (seeded): the real module, no download."""
+    from convergence.vision import efficientnet as E
+
+    model = E.EfficientNetLite(E.EfficientNetLiteConfig("efficientnet-lite0"))
+    model.reset_parameters_tf(7)
+    return E.save_folder(model, tmp_path_factory.mktemp("lite0") / "lite0")
+
+
+def test_efficientnet_activation_units_are_its_relu6_units(lite0_random, scenes_small, tmp_path):
+    """Activation layer 5 = ReLU6 of the depthwise stage of stage 5's last block (the projection's input); 8 = the
+    head's ReLU6 features; 0 = the stem. Residual layer 5 = the block's (linear) output, a different basis."""
+    from PIL import Image
+
+    from convergence.rosetta.units import units_path
+
+    samples = scenes_small[0]
+    spec = {"source": f"local:{lite0_random}", "modality": "vision", "batch_size": 8,
+            "units_layers": {"activation": [5], "residual": [5]}}
+    grid = 3
+    folder = extract_units(samples, spec, tmp_path / "u", model_name="lite0", progress=False, store_dtype="float32",
+                           grid=grid, kinds=["activation", "residual"])
+    act, res = open_units(units_path(folder, "activation")), open_units(units_path(folder, "residual"))
+    assert act.attrs["units"] == "activation" and act.sizes["neuron"] == 672 and res.sizes["neuron"] == 112
+    head = open_units(extract_units(samples, {**spec, "units_layers": [8]}, tmp_path / "h.zarr", model_name="lite0",
+                                    progress=False, store_dtype="float32", grid=grid))  # a single kind: activation
+    stem = open_units(extract_units(samples, {**spec, "units_layers": [0]}, tmp_path / "s.zarr", model_name="lite0",
+                                    progress=False, store_dtype="float32", grid=grid))
+    assert head.attrs["units"] == "activation" and head.sizes["neuron"] == 1280 and stem.sizes["neuron"] == 32
+    lm = load_model(spec)
+    last = lm.model._blocks[lm.model.stage_ends[4]]
+    df, _ = read_samples(samples)
+    relu6 = torch.nn.functional.relu6
+    for i in (0, 13):
+        image = Image.open(df["image"][i]).convert("RGB")
+        rows = slice(i * grid * grid, (i + 1) * grid * grid)
+        for store, site in [(act, (last._bn1, relu6)), (head, (lm.model._bn1, relu6)), (stem, (lm.model._bn0, relu6)),
+                            (res, (last._bn2, lambda h: h))]:
+            want = _as_cells(_vision_by_hand(lm, image, site), grid)
+            if store is res:  # the block's output adds its skip connection to bn2's
+                want = _as_cells(_vision_by_hand(lm, image, (last, lambda h: h)), grid)
+            np.testing.assert_allclose(store["activations"].values[rows, 0], want, rtol=1e-4, atol=1e-5)
+    assert (act["activations"].values >= 0).all() and (act["activations"].values <= 6).all()  # ReLU6's range
+    assert (res["activations"].values < 0).any()  # the linear bottleneck is not behind a ReLU
+
+
+@pytest.mark.parametrize("arch", ["vit", "dinov2", "clip", "resnet"])
+def test_vision_activation_units_by_architecture(tiny_models, scenes_small, tmp_path, arch):
+    """ViTs: the MLP neurons after GELU (all blocks by default, no layer 0); ResNets: their post-ReLU hidden states."""
+    from PIL import Image
+
+    grid = 2
+    spec = {"source": f"local:{tiny_models[arch]}", "modality": "vision", "batch_size": 7}
+    ds = open_units(extract_units(scenes_small[0], spec, tmp_path / "a.zarr", model_name=arch, progress=False,
+                                  store_dtype="float32", grid=grid))
+    assert ds.attrs["units"] == "activation"  # a vision model's default kind
+    lm = load_model(spec)
+    df, _ = read_samples(scenes_small[0])
+    if arch == "resnet":
+        res = open_units(_units(tiny_models, scenes_small[0], arch, tmp_path / "r.zarr", grid=grid))
+        assert ds["layer"].values.tolist() == [0, 1, 2]
+        np.testing.assert_array_equal(ds["activations"].values, res["activations"].values)
+        assert (ds["activations"].values >= 0).all()
+        return
+    assert ds["layer"].values.tolist() == [1, 2] and ds.sizes["neuron"] == 64  # the MLP width, not the hidden 32
+    from convergence.rosetta.units import transformer_blocks
+
+    _, blocks = transformer_blocks(lm.model, lm.n_hidden_states - 1)
+    image = Image.open(df["image"][5]).convert("RGB")
+    for slot, layer in enumerate([1, 2]):
+        block = blocks[layer - 1]
+        if hasattr(block, "intermediate"):  # BERT-style ViT: dense, then its activation
+            site = (block.intermediate.dense, block.intermediate.intermediate_act_fn)
+        else:  # fc1, then the activation
+            mlp = block.mlp
+            site = (mlp.fc1, getattr(mlp, "activation_fn", None) or mlp.activation)
+        want = _as_cells(_vision_by_hand(lm, image, site), grid)
+        np.testing.assert_allclose(ds["activations"].values[5 * grid * grid:6 * grid * grid, slot], want,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_vision_unit_kinds_are_checked(tiny_models, scenes_small, tmp_path):
+    samples = scenes_small[0]
+    with pytest.raises(UnitsError, match="units: activation is for vision models"):
+        _units(tiny_models, samples, "bert", tmp_path / "b.zarr", spec={"units": "activation"})
+
+    class NoSites(torch.nn.Module):
+        pass
+
+    from convergence.rosetta.units import activation_sites
+
+    with pytest.raises(UnitsError, match=r"NoSites .*Use units: residual for this model"):
+        activation_sites(NoSites(), [1], n_hidden_states=3)

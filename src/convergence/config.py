@@ -290,10 +290,18 @@ def _check_alignment(config: dict) -> None:
         if spec["modality"] != "language" or spec.get("kind", "auto") in ("encoder", "vision"):
             raise ConfigError(f"config key 'oocr.models': '{name}' must be a causal language model")
     for name, spec in config["models"].items():
-        if spec.get("units") == "mlp" and spec["modality"] != "language":
-            raise ConfigError(f"config key 'models.{name}.units': mlp is for language models; vision models use "
-                              "their feature maps or patch tokens (units: residual)")
+        kind = spec.get("units")
+        if kind in KIND_MODALITY and KIND_MODALITY[kind] != spec["modality"]:
+            raise ConfigError(f"config key 'models.{name}.units': {kind} is for {KIND_MODALITY[kind]} models; "
+                              f"{spec['modality']} models take "
+                              f"{'mlp' if spec['modality'] == 'language' else 'activation'} or residual")
         layers = spec.get("units_layers", "all")
+        if isinstance(layers, dict):
+            unknown = sorted(set(layers) - set(UNIT_KINDS))
+            if unknown:
+                raise ConfigError(f"config key 'models.{name}.units_layers': unknown unit kinds {unknown} "
+                                  f"(known: {', '.join(UNIT_KINDS)})")
+            layers = layers.get("mlp", "all")
         if "mlp" in model_unit_kinds(config, name) and isinstance(layers, list) and 0 in layers:
             raise ConfigError(f"config key 'models.{name}.units_layers': layer 0 is the embedding output, which "
                               "no MLP computes; choose blocks' hidden states (1 and up) or set units: residual")
@@ -409,15 +417,16 @@ def controls_of(config: dict) -> dict[str, str | None]:
     return out
 
 
-UNIT_KINDS = ("mlp", "residual")
+UNIT_KINDS = ("mlp", "activation", "residual")
+# The kinds that exist for one modality only (residual is for both): a modality's privileged units.
+KIND_MODALITY = {"mlp": "language", "activation": "vision"}
 
 
 def rosetta_unit_kinds(config: dict, modality: str) -> list[str]:
-    """The unit kinds a modality is matched on: language `rosetta.unit_kinds` (default [mlp]: MLP neurons);
-    vision models have one, `residual` (feature maps or patch tokens)."""
-    if modality != "language":
-        return ["residual"]
-    return list(config.get("rosetta", {}).get("unit_kinds") or ["mlp"])
+    """The unit kinds a modality is matched on: those of `rosetta.unit_kinds` that exist for it (mlp: language,
+    activation: vision, residual: both; default [mlp, activation], each modality's privileged units)."""
+    listed = config.get("rosetta", {}).get("unit_kinds") or ["mlp", "activation"]
+    return [k for k in listed if KIND_MODALITY.get(k, modality) == modality]
 
 
 def model_unit_kinds(config: dict, model: str) -> list[str]:

@@ -120,7 +120,8 @@ def alignment_section(dataset: str, metric: str, table_csv, claims_csv) -> list[
 
 # ---------------------------------------------------------------------------------------- Rosetta
 
-UNIT_KIND_NAMES = {"mlp": "MLP neurons", "residual": "hidden states / feature maps"}
+UNIT_KIND_NAMES = {"mlp": "MLP neurons", "activation": "post-nonlinearity units",
+                   "residual": "hidden states / feature maps"}
 
 
 def rosetta_section(dataset: str, modality: str, excess_csv, units: str | None = None) -> list[str]:
@@ -150,9 +151,11 @@ def generator_section(name: str, edit_summary_csv, matches_csv=None) -> list[str
     if matches_csv and Path(matches_csv).exists():
         m = pd.read_csv(matches_csv)
         cols = [c for c in ("model", "init", "criterion", "matches", "mean_r", "rotation_matches",
-                            "random_generator_matches", "random_model_matches", "above_rotation_max_r") if c in m]
+                            "shuffled_images_matches", "random_generator_matches", "random_model_matches",
+                            "above_rotation_max_r") if c in m]
         lines += ["G–D Rosetta matches (strict; reference: best, reciprocated in the top k_back) against the rotation "
-                  "null, the random-init generator and the random-init model:", "", markdown_table(m[cols], 2), ""]
+                  "null, the shuffled-images null, the random-init generator and the random-init model:", "",
+                  markdown_table(m[cols], 2), ""]
     if edit_summary_csv and Path(edit_summary_csv).exists():
         lines += ["Edits through Rosetta-neuron maps (measured on the scenes' known objects):", "",
                   markdown_table(pd.read_csv(edit_summary_csv)), ""]
@@ -210,7 +213,7 @@ def summary_lines(alignment_tables: Sequence, alignment_claims: Sequence = (), r
     if rosetta_excess:
         lines += ["## Rosetta neurons", ""]
         for path in rosetta_excess:
-            key = _parse(path, r"rosetta/(?P<dataset>[^/]+)/(?:(?P<units>mlp|residual)/)?(?P<modality>[a-z]+)"
+            key = _parse(path, r"rosetta/(?P<dataset>[^/]+)/(?:(?P<units>mlp|activation|residual)/)?(?P<modality>[a-z]+)"
                                r"_null_excess\.csv$")
             lines += rosetta_section(key["dataset"], key["modality"], path, key["units"])
     if generator_edits or generator_matches:

@@ -30,11 +30,12 @@ def _message_figure(text: str, path) -> Path:
 
 def null_figure(table: pd.DataFrame, path, generator: str) -> Path:
     """Per model and criterion: the generator-model matches (top row: how many; bottom row: their mean r)
-    next to the rotation, random-init-generator and random-init-model nulls."""
+    next to the rotation, shuffled-images, random-init-generator and random-init-model nulls."""
     criteria = list(dict.fromkeys(table["criterion"])) if len(table) else []
     if not criteria:
         return _message_figure("no models matched", path)
     series = [("", "observed", "C0"), ("rotation_", "rotation null", "C7"),
+              ("shuffled_images_", "shuffled images", "C2"),
               ("random_generator_", "random-init generator", "C1"), ("random_model_", "random-init model", "C3")]
     fig, axes = plt.subplots(2, len(criteria), figsize=(5.5 * len(criteria), 6.4), squeeze=False)
     for col, criterion in enumerate(criteria):

@@ -8,7 +8,8 @@ list of such maps to one `grid x grid` map per unit with `convergence.rosetta.un
 Discriminative models see the generated images as any image: converted to uint8 RGB and passed through
 their own image processor (resizing, normalisation), so every model that loads through
 `convergence.models.load_model` with `modality: vision` works, whatever its input size. Their maps are
-the hidden states the model returns (`output_hidden_states=True`): CNN stages `[B, C, H, W]` or tokens
+the units of the Rosetta stage (`convergence.rosetta.units.vision_maps`): by default the units after a
+nonlinearity (`activation`), else the hidden states (`residual`); CNN maps `[B, C, H, W]` or tokens
 `[B, T, D]` (the last h*w tokens, reshaped to the patch grid).
 """
 
@@ -115,15 +116,18 @@ def cells(maps: Sequence[torch.Tensor], grid: int) -> torch.Tensor:
 
 
 class VisionMaps:
-    """A discriminative vision model as a function images -> maps of its chosen hidden states."""
+    """A discriminative vision model as a function images -> maps of its chosen units (`kind`: "activation",
+    the units after a nonlinearity, or "residual", the hidden states; see `convergence.rosetta.units`)."""
 
-    def __init__(self, loaded, layers: Sequence[int], name: str):
-        self.loaded, self.layers, self.name = loaded, list(layers), name
+    def __init__(self, loaded, layers: Sequence[int], name: str, kind: str = "activation"):
+        from convergence.rosetta.units import activation_sites
+
+        if kind not in ("activation", "residual"):
+            raise GeneratorError(f"model '{name}': units {kind!r} are not vision units (activation or residual)")
+        self.loaded, self.layers, self.name, self.kind = loaded, list(layers), name, kind
         self.model = loaded.model
-        config = getattr(self.model, "config", None)
-        config = getattr(config, "vision_config", None) or config
-        patch = getattr(config, "patch_size", None)
-        self.patch = None if patch is None else ((patch, patch) if isinstance(patch, int) else tuple(patch))
+        self.sites = (activation_sites(self.model, self.layers, loaded.n_hidden_states)
+                      if kind == "activation" else None)
 
     def pixels(self, images_uint8: np.ndarray) -> torch.Tensor:
         from PIL import Image
@@ -136,25 +140,13 @@ class VisionMaps:
     @torch.no_grad()
     def maps(self, images: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
         """One `[B, C, h, w]` float32 map per chosen layer, for images in [-1, 1] (tensor) or uint8 (array)."""
+        from convergence.rosetta.units import as_map, patch_grid_of, vision_maps
+
         array = to_uint8(images) if torch.is_tensor(images) else np.asarray(images)
         pixels = self.pixels(array)
-        out = self.model(pixel_values=pixels, output_hidden_states=True)
-        hidden = out.hidden_states
-        grid = None if self.patch is None else (pixels.shape[-2] // self.patch[0], pixels.shape[-1] // self.patch[1])
-        maps = []
-        for i in self.layers:
-            h = hidden[i]
-            if h.ndim == 3:  # tokens: the last h*w are the patch grid (CLS and registers first)
-                side_h, side_w = grid if grid is not None else _square(h.shape[1] - 1)
-                h = h[:, h.shape[1] - side_h * side_w:].reshape(h.shape[0], side_h, side_w, h.shape[2])
-                h = h.permute(0, 3, 1, 2)
-            maps.append(h.float().cpu())
-        return maps
+        found = vision_maps(self.model, pixels, {self.kind: self.layers}, self.sites)[self.kind]
+        grid = patch_grid_of(self.model, pixels)
+        return [as_map(found[i], i, grid).float().cpu() for i in self.layers]
 
     def widths(self, probe: np.ndarray) -> list[int]:
         return [m.shape[1] for m in self.maps(probe)]
-
-
-def _square(n: int) -> tuple[int, int]:
-    side = int(np.sqrt(max(n, 1)))
-    return side, side

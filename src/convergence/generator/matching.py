@@ -14,8 +14,12 @@ every generator unit with every discriminative unit over (image x position). Whe
 The same pass gives the nulls: a random orthogonal rotation of the generator's units (same
 information, no privileged basis; as in the Rosetta stage, units are z-scored and each layer is mixed by
 its own Haar-random rotation, `rotated_units`) and the random-init generator
-(the same architecture, seeded, not trained) with the discriminative model on *its* images. It also
-records each unit's mean at the inversion resolution `res`, which inversion and editing subtract.
+(the same architecture, seeded, not trained) with the discriminative model on *its* images, and the
+shuffled-images null (`convergence.rosetta.shuffled_image_rows`): the model's units on another generated
+image than the generator's, cell for cell, which keeps every map's spatial smoothness and the layout
+shared across images (what lets smooth maps of an untrained generator correlate with anything) but
+shares no content. It also records each unit's mean at the inversion resolution `res`, which inversion
+and editing subtract.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from convergence.rosetta import pearson, random_rotation, topk_partners
+from convergence.rosetta import pearson, random_rotation, shuffled_image_rows, topk_partners
 
 from .gan import sample_latents
 from .maps import VisionMaps, cells, generator_maps, resize_maps
@@ -99,8 +103,8 @@ def match_generator(generator: nn.Module, random_generator: nn.Module, layers: l
                     batch_size: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
     """Top-`k` partners of the generator's units with `vision`'s units, and both nulls, as plain arrays.
 
-    Keys: `obs_*`, `rot_*` (rotation of the generator's units) and `rand_*` (random-init generator)
-    hold `TopKPartners.as_dict()` fields; `mean_a`/`mean_b` the units' means at `res`; `widths_a`,
+    Keys: `obs_*`, `rot_*` (rotation of the generator's units), `rand_*` (random-init generator) and `shuf_*`
+    (shuffled images) hold `TopKPartners.as_dict()` fields; `mean_a`/`mean_b` the units' means at `res`; `widths_a`,
     `widths_b`; `r_obs_max` etc. are kept inside the partners (`max_abs_r`).
     """
     z = sample_latents(n_samples, generator.latent_dim, seed)
@@ -108,10 +112,14 @@ def match_generator(generator: nn.Module, random_generator: nn.Module, layers: l
                              progress=progress, desc=f"units {vision.name}")
     random_init = unit_matrices(random_generator, layers, vision, z, grid=grid, res=res, batch_size=batch_size,
                                 progress=progress, desc=f"random-init generator, {vision.name}")
+    cells_per_image = grid * grid
+    image_ids = np.repeat(np.arange(n_samples), cells_per_image)
+    shuffled = shuffled_image_rows(image_ids, np.tile(np.arange(cells_per_image), n_samples), rotation_seed, 1)[0]
     results = {
         "obs": pearson(observed.a, observed.b),
         "rot": pearson(rotated_units(observed.a, observed.widths_a, rotation_seed), observed.b),
         "rand": pearson(random_init.a, random_init.b),
+        "shuf": pearson(observed.a, observed.b[shuffled]),
     }
     arrays: dict[str, np.ndarray] = {
         "mean_a": observed.mean_a, "mean_b": observed.mean_b,

@@ -4,7 +4,7 @@
   folder holds the weights, the arch spec, `metrics.json` (training history, FID-like quality against a
   zoo classifier) and a grid of samples.
 - `match_pair`: one generator x one vision model: top-k Pearson partners of the generator's units with
-  the model's units on the generator's images, with the rotation and random-init-generator nulls
+  the model's units on the generator's images, with the rotation, random-init-generator and shuffled-images nulls
   (`matching.match_generator`), as one `.npz`.
 - `match_summary`: every model's matches against the nulls (the random-init *model* null comes from the
   pair of its control), Rosetta sets with the generator as anchor across the trained models, tables,
@@ -12,8 +12,8 @@
 - `invert_and_edit`: Rosetta-guided inversion of held-out real images and shift/zoom/duplicate edits,
   measured on the images (`inversion`), with tables and a figure.
 
-Pair file keys: `obs_*`, `rot_*`, `rand_*` (`TopKPartners.as_dict()` fields of the observed matrix and of
-the two nulls), `mean_a`, `mean_b` (unit means at the inversion resolution), `widths_a`, `widths_b`
+Pair file keys: `obs_*`, `rot_*`, `rand_*`, `shuf_*` (`TopKPartners.as_dict()` fields of the observed matrix
+and of the three nulls: rotation, random-init generator, shuffled images), `mean_a`, `mean_b` (unit means at the inversion resolution), `widths_a`, `widths_b`
 (layer widths, units in layer order), `meta` (JSON: generator, model, layers, sizes, timings).
 """
 
@@ -37,7 +37,7 @@ from . import gan
 from .maps import VisionMaps, generator_layers
 
 TOPK_FIELDS = ("a_index", "a_r", "b_index", "b_r", "const_a", "const_b", "max_abs_r", "absolute")
-PAIR_KINDS = {"obs": "observed", "rot": "rotation", "rand": "random_generator"}
+PAIR_KINDS = {"obs": "observed", "rot": "rotation", "rand": "random_generator", "shuf": "shuffled_images"}
 
 
 # ---------------------------------------------------------------- small IO helpers
@@ -172,15 +172,15 @@ def generator_quality(generator, arch: dict, evaluator_dir, train_samples, eval_
 
 
 def _vision_model(spec: dict, name: str, resources_dir, zoo_dir) -> VisionMaps:
-    from convergence.models import load_model, resolve_layers
+    from convergence.models import load_model
+    from convergence.rosetta.units import kind_layers_of, unit_kind
 
     if spec.get("modality") != "vision":
         raise gan.GeneratorError(f"model '{name}' is not a vision model (modality: {spec.get('modality')}); the "
                                  "generator is matched to vision models only")
     loaded = load_model(spec, resources_dir, zoo_dir=zoo_dir)
-    layers = resolve_layers(spec.get("units_layers", "all"), loaded.n_hidden_states,
-                            where=f"models.{name}.units_layers")
-    return VisionMaps(loaded, layers, name)
+    kind = unit_kind(spec)  # the model's `units`, else activation: the units after a nonlinearity
+    return VisionMaps(loaded, kind_layers_of(loaded, spec, kind, model_name=name), name, kind)
 
 
 def match_pair(generator_dir: str | Path, spec: dict, model_name: str, out_path: str | Path, *, n_samples: int,
@@ -198,7 +198,7 @@ def match_pair(generator_dir: str | Path, spec: dict, model_name: str, out_path:
         arrays = match_generator(generator, random_generator, layers, vision, n_samples=n_samples, seed=seed,
                                  grid=grid, res=res, k=k, rotation_seed=seed, batch_size=batch_size, progress=progress)
     meta = {"generator": Path(generator_dir).name, "model": model_name, "generator_layers": layers,
-            "model_layers": vision.layers, "n_samples": n_samples, "seed": seed, "grid": grid, "res": res, "k": k,
+            "model_layers": vision.layers, "model_units": vision.kind, "n_samples": n_samples, "seed": seed, "grid": grid, "res": res, "k": k,
             "init": spec.get("init", "pretrained"), "time_s": time.perf_counter() - t0,
             "cpu_time_s": time.process_time() - c0, "packages": package_versions()}
     arrays["meta"] = np.asarray(json.dumps(_jsonable(meta)))
@@ -271,7 +271,9 @@ def match_counts(pairs: Mapping[str, Pair], controls: Mapping[str, str | None], 
                    "units_generator": len(obs.const_a), "units_model": len(obs.const_b)}
             found = mutual_matches(obs, k=1, k_back=kb)
             row.update(matches=len(found), mean_r=float(found.r.mean()) if len(found) else np.nan)
-            for null in ("rotation", "random_generator"):
+            for null in ("rotation", "random_generator", "shuffled_images"):
+                if null not in pair.partners:
+                    continue
                 report = compare_to_null(obs, pair.partners[null], k=1, k_back=kb)
                 row[f"{null}_matches"] = report.matches_null
                 row[f"{null}_mean_r"] = report.mean_r_null

@@ -7,7 +7,7 @@ matches exceed chance. No models, no files: inputs are arrays (numpy, torch, zar
 """
 
 from .matching import Matches, TopKPartners, as_partners, hungarian, mutual_matches, pearson_topk, topk_partners
-from .null import NullReport, compare_to_null, null_band, random_rotation, rotation_null
+from .null import NullReport, compare_to_null, null_band, random_rotation, rotation_null, shuffled_image_rows
 from .correlation import PearsonAccumulator, PearsonResult, pearson
 from .sets import RosettaSets, rosetta_sets
 from .sources import LayerView, RotatedView
@@ -31,5 +31,6 @@ __all__ = [
     "random_rotation",
     "rosetta_sets",
     "rotation_null",
+    "shuffled_image_rows",
     "topk_partners",
 ]

@@ -311,19 +311,26 @@ def match_summary_figure(summary, out_path: str | Path, criterion: str = "strict
 
 def null_excess_figure(table: pd.DataFrame | str | Path, out_path: str | Path, criterion: str = "strict",
                        title: str | None = None) -> Path:
-    """Grouped bars per trained pair: matches observed, rotation null, random-init control (`null_excess_table`)."""
+    """Grouped bars per trained pair: matches observed, rotation null, random-init control (`null_excess_table`),
+    and the shuffled-images null where the table has it (vision)."""
     t = table if isinstance(table, pd.DataFrame) else read_table(table)
     t = t[t["criterion"] == criterion].reset_index(drop=True)
     labels = [f"{a} × {b}" for a, b in zip(t["model_a"], t["model_b"])]
     x = np.arange(len(t))
+    shuffled = "shuffle_matches" in t and pd.to_numeric(t["shuffle_matches"], errors="coerce").notna().any()
+    bars = [("matches", "mean_r", "observed"), ("null_matches", "null_mean_r", "rotation null (mean ± 2 SD)"),
+            ("control_matches", "control_mean_r", "random-init control")]
+    if shuffled:
+        bars.append(("shuffle_matches", "shuffle_mean_r", "shuffled images (mean ± 2 SD)"))
+    width = 0.8 / len(bars)
     fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 0.7 * len(t) + 3) * 2, 3.6), squeeze=False)
-    for ax, (cols, title) in zip(axes[0], [(("matches", "null_matches", "control_matches"), "matches"),
-                                           (("mean_r", "null_mean_r", "control_mean_r"), "mean r of matches")]):
-        for i, (col, name) in enumerate(zip(cols, ("observed", "rotation null (mean ± 2 SD)", "random-init control"))):
-            sd = t.get(f"{col}_sd") if col.startswith("null_") else None
+    for ax, (which, title) in zip(axes[0], [(0, "matches"), (1, "mean r of matches")]):
+        for i, bar in enumerate(bars):
+            col, name = bar[which], bar[2]
+            sd = t.get(f"{col}_sd") if col in ("null_matches", "null_mean_r", "shuffle_matches") else None
             yerr = 2 * pd.to_numeric(sd, errors="coerce") if sd is not None else None
-            ax.bar(x + (i - 1) * 0.27, pd.to_numeric(t[col], errors="coerce"), 0.27, label=name, yerr=yerr,
-                   capsize=2)
+            ax.bar(x + (i - (len(bars) - 1) / 2) * width, pd.to_numeric(t[col], errors="coerce"), width, label=name,
+                   yerr=yerr, capsize=2)
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{criterion}: {title}", fontsize=9)
     axes[0, 0].legend(fontsize=7)

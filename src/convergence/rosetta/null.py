@@ -1,8 +1,13 @@
 """Null baselines: how many unit matches would appear without any shared unit basis.
 
-Two nulls, compared with the same statistics as the observed matches:
+Three nulls, compared with the same statistics as the observed matches:
 - rotation: A's units mixed by a random orthogonal matrix (same information, no privileged
   basis), so whatever survives in the observed data beyond this is unit-level alignment;
+- shuffled images (vision: cell positions): B's units read on another image than A's, cell for cell
+  (`shuffled_image_rows`, a derangement of the images). Every unit keeps its values, its maps keep their
+  spatial autocorrelation and the layout they share across images (a unit that fires at the centre of
+  every image still meets one that does), but no content is shared: matches that survive it are about
+  what is in the image, not where things usually are or how smooth maps are;
 - control: any second activation matrix supplied by the caller, e.g. a random-init model, so the
   excess is what training created.
 """
@@ -90,6 +95,40 @@ def random_rotation(dim: int, seed: int = 0) -> np.ndarray:
     return q * np.sign(np.diag(upper))[None, :]
 
 
+
+
+def shuffled_image_rows(sample_ids: Sequence, unit_pos: Sequence[int], seed: int, draws: int) -> list[np.ndarray]:
+    """Per draw, the row of B to pair with each row of A: the same cell of another image.
+
+    Rows are positions `(sample_id, unit_pos)` as a units store holds them: each sample's cells contiguous,
+    every sample with the same cells `0..C-1` in order (an image grid). Draw q pairs image i with image
+    `pi_q(i)`, `pi_q` a uniformly random derangement (no image meets itself), from
+    `np.random.default_rng([seed, q])`. Raises ValueError for fewer than two images or rows that are not a
+    grid of cells per image (e.g. word positions, whose number differs between texts).
+    """
+    ids = np.asarray(sample_ids, dtype=object)
+    pos = np.asarray(unit_pos, np.int64)
+    if len(ids) != len(pos) or not len(ids):
+        raise ValueError("shuffled images: sample_ids and unit_pos must be equal-length and non-empty")
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    cells = np.diff(np.r_[starts, len(ids)])
+    n_images = len(starts)
+    if n_images < 2:
+        raise ValueError("shuffled images needs at least two images")
+    if len(set(ids[starts])) != n_images or len(set(cells.tolist())) != 1 \
+            or not np.array_equal(pos, np.tile(np.arange(cells[0]), n_images)):
+        raise ValueError("shuffled images needs every image's cells 0..C-1 in order, each image's rows together "
+                         "(a vision units store); word positions differ in number between texts")
+    image_of_row = np.repeat(np.arange(n_images), cells)
+    out = []
+    for q in range(int(draws)):
+        rng = np.random.default_rng([int(seed), q])
+        while True:  # rejection: a uniform permutation is a derangement with probability ~1/e
+            perm = rng.permutation(n_images)
+            if not (perm == np.arange(n_images)).any():
+                break
+        out.append(starts[perm[image_of_row]] + pos)
+    return out
 
 
 def rotation_null(a: Any, b: Any, seed: int = 0, **pearson_kw) -> PearsonResult:

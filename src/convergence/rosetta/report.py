@@ -53,7 +53,7 @@ def make_figures(modality: str, summaries: Mapping[tuple[str, str], str | Path],
                  sets_path=None, kind: str | None = None) -> pd.DataFrame:
     """Write out['excess'] (csv), out['excess_png'], out['layers'], out['pairwise'], out['neurons'], out['md'].
 
-    `kind`: the unit kind of the group ("mlp", "residual"), named in the tables and titles."""
+    `kind`: the unit kind of the group ("mlp", "activation", "residual"), named in the tables and titles."""
     table = null_excess_table(summaries, controls)
     if kind is not None:
         table.insert(0, "unit_kind", kind)
@@ -97,7 +97,8 @@ def compare_unit_kinds(modality: str, excess: Mapping[str, str | Path], sets: Ma
     (optional). Table (long, one row per kind x quantity): `unit_kind`, `what` (`matches` per trained pair
     and criterion, `sets` per mode), `model_a`, `model_b` (sets: the anchor and "all"), `criterion`,
     `observed`, `null`, `null_sd`, `z`, `p`, `draws`, and for matches `mean_r`, `null_mean_r`,
-    `null_mean_r_sd`, `z_mean_r`, `p_mean_r`. Figure: `figures.unit_kinds_figure`.
+    `null_mean_r_sd`, `z_mean_r`, `p_mean_r`, `control` (the random-init control pair's matches), `shuffle`
+    and `z_shuffle` (the shuffled-images null, vision). Figure: `figures.unit_kinds_figure`.
     """
     rows = []
     for kind, path in excess.items():
@@ -107,7 +108,9 @@ def compare_unit_kinds(modality: str, excess: Mapping[str, str | Path], sets: Ma
                          "criterion": r.criterion, "observed": r.matches, "null": r.null_matches,
                          "null_sd": r.null_matches_sd, "z": r.z_matches, "p": r.p_matches, "draws": r.null_draws,
                          "mean_r": r.mean_r, "null_mean_r": r.null_mean_r, "null_mean_r_sd": r.null_mean_r_sd,
-                         "z_mean_r": r.z_mean_r, "p_mean_r": r.p_mean_r})
+                         "z_mean_r": r.z_mean_r, "p_mean_r": r.p_mean_r,
+                         "control": r.control_matches, "shuffle": getattr(r, "shuffle_matches", float("nan")),
+                         "z_shuffle": getattr(r, "z_shuffle", float("nan"))})
     for kind, path in sets.items():
         s = read_summary(path)
         for mode, count in (s.get("sets") or {}).items():

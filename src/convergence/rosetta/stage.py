@@ -15,7 +15,8 @@ Correlation file (`.npz`, `load_correlation` reads it):
 
 - `obs_<field>` for the fields of `TopKPartners` (`a_index`, `a_r`, `b_index`, `b_r`, `const_a`,
   `const_b`, `max_abs_r`, `absolute`): observed; `null_<field>`: the same with a leading axis of R
-  rotation-null draws (indices int32), when the null was computed;
+  rotation-null draws (indices int32), when the null was computed; `shuffle_<field>`: the same for the
+  shuffled-images null (vision stores, `shuffle_draws`);
 - `units_a_layer`, `units_a_neuron` `[Da]` (and `units_b_*`): the (hidden-state layer, neuron) of each
   flat unit index (flat index = layer slot * width + neuron);
 - `obs_dense`, `null_dense` `[Da, Db]` float32, only when `Da * Db <= dense_max_entries` (small pairs;
@@ -41,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -55,7 +56,7 @@ from convergence.utils import atomic_path
 from .correlation import pearson
 from .matching import TopKPartners, _max_abs, _ranking_scores, _RunningTopK, _sorted_matches, _top, mutual_matches
 from .matching import hungarian as hungarian_assignment
-from .null import compare_to_null, null_band, random_rotation
+from .null import compare_to_null, null_band, random_rotation, shuffled_image_rows
 from .sets import rosetta_sets
 from .sources import ColumnView, read_rows
 
@@ -243,6 +244,7 @@ class Correlation:
     meta: dict
     dense: np.ndarray | None = None
     null_dense: np.ndarray | None = None
+    shuffles: list[TopKPartners] = field(default_factory=list)  # shuffled-images null draws (vision)
 
     @property
     def null(self) -> TopKPartners | None:
@@ -252,8 +254,8 @@ class Correlation:
 
 def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Path, *, k: int = 10, seed: int = 0,
                     rotation_null: bool = True, null_draws: int = DEFAULT_NULL_DRAWS, null_k: int | None = None,
-                    chunk_size: int | None = None, layers_a=None, layers_b=None, absolute: bool = False,
-                    dense_max_entries: int = DENSE_MAX_ENTRIES, max_block_bytes: int | None = None) -> Path:
+                    shuffle_draws: int = 0, chunk_size: int | None = None, layers_a=None, layers_b=None,
+                    absolute: bool = False, dense_max_entries: int = DENSE_MAX_ENTRIES, max_block_bytes: int | None = None) -> Path:
     """Top-`k` Pearson partners of every unit of A among B's units and back, observed and `null_draws` rotation nulls.
 
     Exact Pearson over all positions, streamed `chunk_size` positions at a time (memory independent of N),
@@ -265,6 +267,9 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     `Da * Db <= dense_max_entries`: the observed matrix and the first null draw's are stored too (enables
     Hungarian matching). `layers_a`/`layers_b`: hidden-state indices to use (default: all the store holds).
     `absolute`: rank partners by |r|. Writes the `.npz` described in the module doc; returns its path.
+    `shuffle_draws` (vision stores only): that many shuffled-images nulls (`null.shuffled_image_rows`: B's
+    units on another image, cell for cell), each a full Pearson pass over B held in memory (a vision store
+    is small: positions x units x 2 bytes), kept as `shuffle_*` partners (`null_k` per unit).
     """
     t0 = time.time()
     ds_a, ds_b = open_units(units_a), open_units(units_b)
@@ -289,7 +294,7 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     n_blocks = -(-dim_y // columns)
     rotations = _NullRotations(x.width, null_seeds(seed, draws), ROTATION_CACHE_BYTES if n_blocks > 1 else 0)
     obs_dense, null_dense, sigma = [], [], None
-    timing = {"pass": 0.0, "null": 0.0, "rotations": 0.0}
+    timing = {"pass": 0.0, "null": 0.0, "rotations": 0.0, "shuffle": 0.0}
     for start in range(0, dim_y, columns):
         t = time.time()
         part = pearson(x, ColumnView(y, slice(start, start + columns)), chunk_size=chunk_size, dtype=np.float32,
@@ -310,6 +315,24 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
             if dense and q == 0:
                 null_dense.append(null_r)
             timing["null"] += time.time() - t
+    shuffles, t = [], time.time()
+    if shuffle_draws:
+        if ds_b.attrs.get("positions") != "cell":
+            raise UnitsError(f"shuffle_draws: the shuffled-images null is for vision units (grid cells); "
+                             f"{units_b} holds {ds_b.attrs.get('positions')} positions")
+        rows = shuffled_image_rows(ds_b["sample_id"].values, ds_b["unit_pos"].values, seed, int(shuffle_draws))
+        whole_b = np.asarray(units_array(units_b)[:])
+        columns_ab = max(1, min(dim_b, budget // (BYTES_PER_ENTRY * dim_a)))
+        for index in rows:
+            shuffled = FlatUnits(whole_b[index], slots_b)
+            builder = _PartnerBuilder(dim_a, null_k, absolute)
+            for start in range(0, dim_b, columns_ab):
+                part = pearson(a, ColumnView(shuffled, slice(start, start + columns_ab)), chunk_size=chunk_size,
+                               dtype=np.float32)
+                builder.add(part.r, start, part.const_a, part.const_b)
+            shuffles.append(builder.result())
+        del whole_b
+    timing["shuffle"] = time.time() - t
     observed = observed.result()
     nulls = [n.result() for n in nulls]
     if rotate_b:
@@ -335,10 +358,13 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
         "null": (f"Haar rotation of {'B' if rotate_b else 'A'}'s z-scored units, one per draw shared by its "
                  f"layers, {draws} draws" if draws else None),
         "null_rotated": ("b" if rotate_b else "a") if draws else None,
+        "shuffle_draws": len(shuffles), "shuffle_null": ("B's units on another image, cell for cell (a derangement "
+                                                         f"of the images), {len(shuffles)} draws") if shuffles else None,
         "dense": bool(dense), "n_const_a": int(observed.const_a.sum()), "n_const_b": int(observed.const_b.sum()),
         "column_blocks": int(n_blocks),
         "seconds_pass": round(timing["pass"], 3), "seconds_rotations": round(timing["rotations"], 3),
-        "seconds_null_products": round(timing["null"], 3), "seconds_total": round(time.time() - t0, 3),
+        "seconds_null_products": round(timing["null"], 3), "seconds_shuffle": round(timing["shuffle"], 3),
+        "seconds_total": round(time.time() - t0, 3),
     }
     arrays: dict[str, np.ndarray] = {"units_a_layer": la, "units_a_neuron": na, "units_b_layer": lb,
                                      "units_b_neuron": nb, "meta": np.array(json.dumps(meta))}
@@ -347,6 +373,9 @@ def correlate_units(units_a: str | Path, units_b: str | Path, out_path: str | Pa
     if nulls:
         for key, value in _stack_partners(nulls).items():
             arrays[f"null_{key}"] = value
+    if shuffles:
+        for key, value in _stack_partners(shuffles).items():
+            arrays[f"shuffle_{key}"] = value
     if obs_dense is not None:
         arrays["obs_dense"] = obs_dense
     if null_dense is not None:
@@ -447,8 +476,9 @@ def load_correlation(path: str | Path) -> Correlation:
     nulls = _unstack_partners(content, "null") if "null_a_index" in content else []
     units = {side: pd.DataFrame({"layer": content[f"units_{side}_layer"], "neuron": content[f"units_{side}_neuron"]})
              for side in "ab"}
+    shuffles = _unstack_partners(content, "shuffle") if "shuffle_a_index" in content else []
     return Correlation(observed, nulls, units["a"], units["b"], meta, content.get("obs_dense"),
-                       content.get("null_dense"))
+                       content.get("null_dense"), shuffles)
 
 
 # ---------------------------------------------------------------- matches
@@ -496,7 +526,8 @@ def match_units(correlation_npz: str | Path, out_path: str | Path, *, k_relaxed:
     Table (parquet, or CSV if `out_path` ends in .csv): kind, unit_a, layer_a, neuron_a, unit_b, layer_b,
     neuron_b, r, above_null_max (|r| above the largest |r| anywhere in the rotation null).
     Summary (`summary_path`, default `out_path` with suffix .json): per criterion the `NullReport`
-    (observed vs rotation-null counts, mean r, excess, above_null_max), per layer pair counts and mean r
+    (observed vs rotation-null counts, mean r, excess, above_null_max) and, where the correlation file has
+    shuffled-images draws, the same against them under `shuffle`, per layer pair counts and mean r
     of observed and null matches, and the models, dataset and unit counts.
     """
     corr = load_correlation(correlation_npz)
@@ -518,6 +549,8 @@ def match_units(correlation_npz: str | Path, out_path: str | Path, *, k_relaxed:
         else:
             r = found[name].r
             reports[name] = {"matches_observed": len(r), "mean_r_observed": float(np.mean(r)) if len(r) else None}
+        if corr.shuffles:
+            reports[name]["shuffle"] = compare_to_null(obs, corr.shuffles, k=kk, absolute=absolute).as_dict()
     run_hungarian = hungarian is True or (hungarian == "auto" and corr.dense is not None)
     if hungarian is True and corr.dense is None:
         raise ValueError(f"{correlation_npz} has no dense matrix (Da x Db above dense_max_entries): Hungarian "
@@ -538,7 +571,8 @@ def match_units(correlation_npz: str | Path, out_path: str | Path, *, k_relaxed:
     summary = {
         **{key: meta.get(key) for key in ("model_a", "model_b", "dataset", "positions", "n_positions", "n_samples",
                                           "layers_a", "layers_b", "n_units_a", "n_units_b", "n_const_a",
-                                          "n_const_b", "init_a", "init_b", "k", "absolute", "null")},
+                                          "n_const_b", "init_a", "init_b", "k", "absolute", "null",
+                                          "shuffle_null")},
         "k_relaxed": int(k_relaxed),
         "correlation": str(correlation_npz),
         **reports,
@@ -720,7 +754,9 @@ def null_excess_table(match_summaries: Mapping[Any, str | Path | dict] | Iterabl
     Columns: model_a, model_b, criterion, matches, mean_r, null_matches (mean over the null draws),
     null_matches_sd, z_matches, p_matches, null_mean_r, null_mean_r_sd, z_mean_r, p_mean_r, null_draws,
     excess_over_null, excess_mean_r_over_null, above_null_max, null_max_abs_r, control_pair,
-    control_matches, control_mean_r, excess_over_control, excess_mean_r_over_control.
+    control_matches, control_mean_r, excess_over_control, excess_mean_r_over_control, and against the
+    shuffled-images null (vision pairs correlated with `shuffle_draws`; NaN otherwise): shuffle_matches
+    (mean over its draws), shuffle_matches_sd, z_shuffle, p_shuffle, shuffle_mean_r, shuffle_draws.
     """
     items = match_summaries.values() if isinstance(match_summaries, Mapping) else match_summaries
     summaries = {}
@@ -749,6 +785,11 @@ def null_excess_table(match_summaries: Mapping[Any, str | Path | dict] | Iterabl
                 "control_pair": None, "control_matches": np.nan, "control_mean_r": np.nan,
                 "excess_over_control": np.nan, "excess_mean_r_over_control": np.nan,
             }
+            shuffle = rep.get("shuffle") or {}
+            row.update(shuffle_matches=_num(shuffle.get("matches_null")),
+                       shuffle_matches_sd=_num(shuffle.get("matches_null_sd")), z_shuffle=_num(shuffle.get("z_matches")),
+                       p_shuffle=_num(shuffle.get("p_matches")), shuffle_mean_r=_num(shuffle.get("mean_r_null")),
+                       shuffle_draws=shuffle.get("null_draws"))
             if control is not None:
                 pair, cs = control
                 crep = cs.get(criterion) or {}
@@ -761,7 +802,8 @@ def null_excess_table(match_summaries: Mapping[Any, str | Path | dict] | Iterabl
         "model_a", "model_b", "criterion", "matches", "mean_r", "null_matches", "null_matches_sd", "z_matches",
         "p_matches", "null_mean_r", "null_mean_r_sd", "z_mean_r", "p_mean_r", "null_draws", "excess_over_null",
         "excess_mean_r_over_null", "above_null_max", "null_max_abs_r", "control_pair", "control_matches",
-        "control_mean_r", "excess_over_control", "excess_mean_r_over_control"])
+        "control_mean_r", "excess_over_control", "excess_mean_r_over_control", "shuffle_matches",
+        "shuffle_matches_sd", "z_shuffle", "p_shuffle", "shuffle_mean_r", "shuffle_draws"])
 
 
 def _control_summary(summaries: dict, a: str, b: str, controls: Mapping[str, str | None]):

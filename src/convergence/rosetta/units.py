@@ -9,11 +9,12 @@ with whole layers and neurons per chunk. Coordinates:
 - `unit_pos` (position): the position inside its sample: the word index for text, the cell index
   `row * grid + col` for images;
 - `layer` (layer): hidden-state indices (0 = embedding output), as in the pooled stores; for MLP units
-  (below) index i names the MLP of the block whose output is hidden state i (block i-1, 0-based);
+  (below) index i names the MLP of the block whose output is hidden state i (block i-1, 0-based), for
+  activation units the site `activation_sites` gives index i;
 - text only: `word` (the word's string), `char_start`, `char_end` (its span in the sample's text).
 
 Attributes as the pooled stores (model, source, init, seed, modality, kind, n_params, params_sha256,
-dataset, dataset_sha256, packages, ...) plus `units` ("mlp" or "residual"), `positions` ("word" or
+dataset, dataset_sha256, packages, ...) plus `units` ("mlp", "activation" or "residual"), `positions` ("word" or
 "cell"), `word_pattern` or `grid`, `layers`, `n_positions`, `n_samples`.
 
 What a unit is (`units` in the model's config entry, see `unit_kind`):
@@ -24,9 +25,17 @@ What a unit is (`units` in the model's config entry, see `unit_kind`):
   one model (`mlp_sites`): for Llama, Gemma, Mistral, Qwen the input of `mlp.down_proj`, i.e.
   act(gate_proj x) * up_proj x; for BERT, MPNet, RoBERTa the output of `intermediate` (act(dense x));
   for GPT-2 the input of `mlp.c_proj`, for GPT-NeoX/Pythia the input of `mlp.dense_4h_to_h`.
+- `activation` (the default for vision models): units right after an elementwise nonlinearity, chosen per
+  architecture (`activation_sites`), as the Rosetta Neurons reference matches ReLU feature maps:
+  EfficientNet-Lite the ReLU6 units of the stem, of the depthwise stage of each stage's last block (the
+  input of the linear projection that gives hidden state i) and of the head (index stages + 1); ResNets
+  their hidden states (each stage ends in a ReLU); ViTs the MLP neurons after GELU (as `mlp`).
 - `residual`: the hidden states (residual-stream coordinates, which have no privileged basis: a
-  rotation of them is as good a basis, see the rotation null in `convergence.rosetta.stage`). The only
-  kind for vision models: patch tokens or CNN feature maps.
+  rotation of them is as good a basis, see the rotation null in `convergence.rosetta.stage`): patch
+  tokens or CNN feature maps for vision models (EfficientNet-Lite's stage outputs are linear bottlenecks).
+
+`units_layers` (a list or "all") applies to every kind a store holds; a mapping names each kind's own
+(`kind_layers`).
 
 Positions are what makes units of different models comparable, so they never depend on the model:
 
@@ -81,7 +90,14 @@ CHUNK_BYTES = 16 * 2**20
 CHUNK_ROWS_RANGE = (256, 16384)
 POSITION_DIM = "position"
 UNITS_DIMS = (POSITION_DIM, "layer", "neuron")
-UNIT_KINDS = ("mlp", "residual")
+UNIT_KINDS = ("mlp", "activation", "residual")
+# Each modality's units with a privileged basis (after an elementwise nonlinearity) and the modality a kind
+# is for; residual is for both.
+PRIVILEGED_KIND = {"language": "mlp", "vision": "activation"}
+KIND_MODALITY = {"mlp": "language", "activation": "vision"}
+# transformers vision models whose hidden states are themselves post-ReLU (ResNet: embedder conv-BN-ReLU +
+# max-pool; every stage ends in ReLU(x + residual)): their "activation" units are their hidden states.
+POST_RELU_HIDDEN_STATES = ("resnet",)
 # Where a block's MLP neurons are, tried in this order: (module path inside the block, "input" of that
 # module or its "output"). The post-activation units are the input of the down projection, or the output
 # of BERT's `intermediate` (dense + activation).
@@ -146,20 +162,7 @@ def spatial_units(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], 
     """
     if len(layers) == 0:
         raise UnitsError("no layers selected")
-    maps = []
-    for i in layers:
-        h = hidden_states[i]
-        if h.ndim == 3:
-            hh, ww = patch_grid if patch_grid is not None else _square_grid(h.shape[1] - 1, i)
-            if h.shape[1] < hh * ww:
-                side = _square_grid(h.shape[1], i, exact=True)  # e.g. a downsampled stage without CLS
-                hh, ww = side
-            fmap = h[:, h.shape[1] - hh * ww:].reshape(h.shape[0], hh, ww, h.shape[2]).permute(0, 3, 1, 2)
-        elif h.ndim == 4:
-            fmap = h
-        else:
-            raise UnitsError(f"layer {i}: expected [B, T, D] tokens or [B, C, H, W] maps, got shape {tuple(h.shape)}")
-        maps.append(fmap.float())
+    maps = [as_map(hidden_states[i], i, patch_grid).float() for i in layers]
     widths = {i: m.shape[1] for i, m in zip(layers, maps)}
     if len(set(widths.values())) > 1:
         listing = ", ".join(f"{i}: {w}" for i, w in widths.items())
@@ -175,17 +178,70 @@ def spatial_units(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], 
     return torch.stack(cells, dim=2)
 
 
-def image_units(lm: LoadedModel, images: Sequence, layers: Sequence[int], grid: int) -> torch.Tensor:
-    """Units of in-memory images: `[B, grid*grid, len(layers), D]` float32 (see `spatial_units`).
+def as_map(h: torch.Tensor, layer: int, patch_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """One layer's units as a map `[B, C, H, W]`: CNN maps as they are; tokens `[B, T, D]` keep their last
+    `h*w` (the patch grid `patch_grid`, else the largest square below T), i.e. CLS and register tokens go."""
+    if h.ndim == 4:
+        return h
+    if h.ndim != 3:
+        raise UnitsError(f"layer {layer}: expected [B, T, D] tokens or [B, C, H, W] maps, got shape {tuple(h.shape)}")
+    hh, ww = patch_grid if patch_grid is not None else _square_grid(h.shape[1] - 1, layer)
+    if h.shape[1] < hh * ww:
+        hh, ww = _square_grid(h.shape[1], layer, exact=True)  # e.g. a downsampled stage without CLS
+    return h[:, h.shape[1] - hh * ww:].reshape(h.shape[0], hh, ww, h.shape[2]).permute(0, 3, 1, 2)
+
+
+def image_units(lm: LoadedModel, images: Sequence, layers: Sequence[int] | Mapping[str, Sequence[int]], grid: int,
+                kinds: Sequence[str] = ("residual",), sites: Mapping | None = None) -> dict[str, torch.Tensor]:
+    """Units of in-memory images, per unit kind: `[B, grid*grid, len(layers), D]` float32 (see `spatial_units`).
 
     `lm`: a vision model from `convergence.models.load_model`; `images`: PIL images (or whatever its
-    processor takes); `layers`: hidden-state indices. Runs one forward pass without gradients. The
-    cells are those of a units store written by `extract_units` for the same model, grid and layers.
+    processor takes); `layers`: hidden-state (or activation-site) indices, or per kind; `kinds`: "residual"
+    and/or "activation" (`activation_sites`; `sites` passes them in when already found). One forward pass
+    without gradients. The cells are those of a units store written by `extract_units` for the same model,
+    grid, kinds and layers.
     """
+    layers = {kind: [int(i) for i in (layers[kind] if isinstance(layers, Mapping) else layers)] for kind in kinds}
     with torch.inference_mode():
         pixels = lm.processor(images=list(images), return_tensors="pt")["pixel_values"].to(lm.device)
-        out = lm.model(pixel_values=pixels.to(lm.model.dtype), output_hidden_states=True)
-        return spatial_units(out.hidden_states, [int(i) for i in layers], int(grid), _patch_grid(lm.model, pixels))
+        maps = vision_maps(lm.model, pixels.to(lm.model.dtype), layers, sites)
+        patch_grid = patch_grid_of(lm.model, pixels)
+        return {kind: spatial_units(maps[kind], layers[kind], int(grid), patch_grid) for kind in kinds}
+
+
+def vision_maps(model: torch.nn.Module, pixels: torch.Tensor, layers: Mapping[str, Sequence[int]],
+                sites: Mapping | None = None) -> dict[str, Mapping[int, torch.Tensor]]:
+    """One forward pass of a vision model -> per unit kind, layer index -> its map (`[B, C, H, W]` or tokens
+    `[B, T, D]`, as the model computes it): "residual" the hidden states, "activation" the post-nonlinearity
+    units of `activation_sites` (found here unless `sites` gives them). Gradients flow when the caller
+    allows them."""
+    want = {kind: [int(i) for i in idx] for kind, idx in layers.items()}
+    if "activation" in want and sites is None:
+        sites = activation_sites(model, want["activation"], n_hidden_states(model))
+    hooked = {i: site for i, site in (sites or {}).items() if site is not None and i in want.get("activation", ())}
+    with UnitCapture(hooked) as capture:
+        out = model(pixel_values=pixels, output_hidden_states=True)
+    hidden = out.hidden_states
+    maps: dict[str, Mapping[int, torch.Tensor]] = {}
+    if "residual" in want:
+        maps["residual"] = {i: hidden[i] for i in want["residual"]}
+    if "activation" in want:
+        maps["activation"] = {i: capture.values[i] if i in hooked else hidden[i] for i in want["activation"]}
+    return maps
+
+
+def n_hidden_states(model: torch.nn.Module) -> int:
+    """How many hidden states a vision model returns (stem/embedding output included)."""
+    if hasattr(model, "stage_ends"):  # convergence.vision.efficientnet
+        return len(model.stage_ends) + 1
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None and getattr(config, "depths", None) is not None:
+        n = len(config.depths)
+    if n is None:
+        raise UnitsError(f"{type(model).__name__}: cannot tell how many hidden states it returns")
+    return int(n) + 1
 
 
 def _square_grid(n_tokens: int, layer: int, exact: bool = False) -> tuple[int, int]:
@@ -197,7 +253,7 @@ def _square_grid(n_tokens: int, layer: int, exact: bool = False) -> tuple[int, i
     return side, side
 
 
-def _patch_grid(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[int, int] | None:
+def patch_grid_of(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[int, int] | None:
     config = getattr(model, "config", None)
     config = getattr(config, "vision_config", None) or config
     patch = getattr(config, "patch_size", None)
@@ -211,15 +267,25 @@ def _patch_grid(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[int, int]
 
 
 def unit_kind(spec: dict) -> str:
-    """The model's units: its config's `units`, else "mlp" for language models and "residual" for vision."""
+    """The model's units: its config's `units`, else its modality's privileged kind ("mlp" for language models,
+    "activation" for vision models)."""
     modality = spec.get("modality", "language")
-    kind = spec.get("units") or ("mlp" if modality == "language" else "residual")
+    kind = spec.get("units") or PRIVILEGED_KIND.get(modality, "residual")
     if kind not in UNIT_KINDS:
         raise UnitsError(f"units must be one of {list(UNIT_KINDS)}, got {kind!r}")
-    if kind == "mlp" and modality != "language":
-        raise UnitsError("units: mlp is for language models; vision models use their feature maps or patch tokens "
-                         "(units: residual)")
+    if KIND_MODALITY.get(kind, modality) != modality:
+        raise UnitsError(f"units: {kind} is for {KIND_MODALITY[kind]} models; {modality} models take "
+                         f"{PRIVILEGED_KIND[modality]} or residual")
     return kind
+
+
+def kind_layers(spec: dict, kind: str, default="all"):
+    """A model's `units_layers` for one unit kind: a list or "all" applies to every kind; a mapping
+    (`{activation: [8], residual: [5]}`) names each kind's own, `default` for a kind it leaves out."""
+    layers = spec.get("units_layers", default)
+    if isinstance(layers, Mapping):
+        return layers.get(kind, default)
+    return layers
 
 
 def transformer_blocks(model: torch.nn.Module, n_blocks: int) -> tuple[str, torch.nn.ModuleList]:
@@ -258,19 +324,56 @@ def mlp_sites(model: torch.nn.Module, layers: Sequence[int], n_hidden_states: in
     return sites
 
 
-class MLPCapture:
-    """Forward hooks that keep the post-activation MLP units of chosen blocks during one forward pass.
+def activation_sites(model: torch.nn.Module, layers: Sequence[int],
+                     n_hidden_states: int) -> dict[int, tuple[torch.nn.Module, str] | None]:
+    """Layer index -> (module, "input" | "output") holding a vision model's post-nonlinearity units, or None
+    where hidden state i itself is post-nonlinearity.
 
-    `with MLPCapture(model, layers, n_hidden_states) as capture: model(...)`; then `capture.stacked(layers)`
-    is `[B, L, T, D_mlp]` float32. The hooks are removed on exit, also after an error.
+    - a model with an `activation_sites()` method (`convergence.vision.efficientnet`: 0 the stem, 1..stages
+      the depthwise ReLU6 units of each stage's last block, stages + 1 the head): those modules' outputs;
+    - transformers ResNets (`POST_RELU_HIDDEN_STATES`): the hidden states, which follow a ReLU;
+    - transformers ViTs (ViT, DINOv2, CLIP vision, ...): the MLP neurons after GELU, as `mlp_sites` finds
+      them for LMs (layer i: the MLP of the block giving hidden state i; no layer 0).
+    Raises UnitsError naming the model and what to use instead where none of these applies.
+    """
+    own = getattr(model, "activation_sites", None)
+    if callable(own):
+        modules = list(own())
+        bad = [int(i) for i in layers if not 0 <= int(i) < len(modules)]
+        if bad:
+            raise UnitsError(f"units: activation of {type(model).__name__}: layers {bad} out of range 0..{len(modules) - 1}")
+        return {int(i): (modules[int(i)], "output") for i in layers}
+    model_type = _model_type(model)
+    if model_type in POST_RELU_HIDDEN_STATES:
+        return {int(i): None for i in layers}
+    try:
+        return mlp_sites(model, layers, n_hidden_states)
+    except UnitsError as err:
+        raise UnitsError(f"units: activation: {type(model).__name__} ({model_type}) is neither a CNN whose units "
+                         f"this package knows nor a transformer with findable MLPs ({err}). Use units: residual for "
+                         "this model, or give it an activation_sites() method.") from None
+
+
+def activation_layer_count(model: torch.nn.Module, n_hidden_states: int) -> int:
+    """How many activation-unit layers a vision model has (EfficientNet-Lite: its hidden states + the head)."""
+    own = getattr(model, "activation_sites", None)
+    return len(own()) if callable(own) else n_hidden_states
+
+
+class UnitCapture:
+    """Forward hooks that keep chosen modules' inputs or outputs during one forward pass.
+
+    `sites`: layer index -> (module, "input" | "output"), as `mlp_sites` and `activation_sites` give them.
+    `with UnitCapture(sites) as capture: model(...)`; then `capture.values[i]` (detached), or
+    `capture.stacked(layers)`: `[B, L, T, D]` float32. The hooks are removed on exit, also after an error.
     """
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[int], n_hidden_states: int):
-        self.sites = mlp_sites(model, layers, n_hidden_states)
+    def __init__(self, sites: Mapping[int, tuple[torch.nn.Module, str]]):
+        self.sites = dict(sites)
         self.values: dict[int, torch.Tensor] = {}
         self._handles: list = []
 
-    def __enter__(self) -> "MLPCapture":
+    def __enter__(self) -> "UnitCapture":
         for i, (module, where) in self.sites.items():
             if where == "input":
                 hook = module.register_forward_pre_hook(lambda _m, args, i=i: self._keep(i, args[0]))
@@ -285,7 +388,7 @@ class MLPCapture:
         self._handles = []
 
     def _keep(self, layer: int, value: torch.Tensor) -> None:
-        self.values[layer] = value.detach()
+        self.values[layer] = value if torch.is_grad_enabled() else value.detach()
 
     def stacked(self, layers: Sequence[int]) -> torch.Tensor:
         missing = [i for i in layers if int(i) not in self.values]
@@ -345,7 +448,7 @@ class TextUnits:
         residual = "residual" in self.kinds
         hidden = {}
         if "mlp" in self.kinds:
-            with MLPCapture(self.net, layers["mlp"], lm.n_hidden_states) as capture:
+            with UnitCapture(mlp_sites(self.net, layers["mlp"], lm.n_hidden_states)) as capture:
                 out = self.net(**inputs, output_hidden_states=residual)
             hidden["mlp"] = capture.stacked(layers["mlp"])  # [B, L, T, D_mlp]
         else:
@@ -368,25 +471,28 @@ class TextUnits:
 
 
 class ImageUnits:
-    """Images -> `grid x grid` cells."""
+    """Images -> `grid x grid` cells, of every unit kind in `units` ("activation", "residual") from one pass."""
 
     positions = "cell"
 
-    def __init__(self, lm: LoadedModel, image_paths: list[str], grid: int):
+    def __init__(self, lm: LoadedModel, image_paths: list[str], grid: int,
+                 units: str | Sequence[str] = "residual", activation_layers: Sequence[int] = ()):
         if int(grid) < 1:
             raise UnitsError(f"grid must be >= 1, got {grid}")
         self.lm, self.paths, self.grid = lm, image_paths, int(grid)
+        self.kinds = [units] if isinstance(units, str) else list(units)
         self.lengths = np.zeros(len(image_paths), np.int64)
         self.n_positions = np.full(len(image_paths), self.grid ** 2)
-
-    kinds = ["residual"]
+        # Found once, before any forward pass, so that a model without such units fails at once.
+        self.sites = (activation_sites(lm.model, activation_layers, lm.n_hidden_states)
+                      if "activation" in self.kinds else None)
 
     def forward(self, idx: np.ndarray, layers: Sequence[int] | Mapping[str, Sequence[int]]) -> dict[str, list[np.ndarray]]:
         from PIL import Image
 
-        layers = list(layers["residual"] if isinstance(layers, Mapping) else layers)
         images = [Image.open(self.paths[i]).convert("RGB") for i in idx]
-        return {"residual": list(image_units(self.lm, images, layers, self.grid).cpu().numpy())}
+        units = image_units(self.lm, images, layers, self.grid, kinds=self.kinds, sites=self.sites)
+        return {kind: list(units[kind].cpu().numpy()) for kind in self.kinds}
 
     def coords(self, sample_index: int) -> dict[str, np.ndarray]:
         return {}
@@ -485,6 +591,29 @@ def write_units(inputs, sample_ids: list[str], outs: Mapping[str, Path], layers:
     bar.close()
 
 
+def kind_layers_of(lm: LoadedModel, spec: dict, kind: str, layers=None, model_name: str = "model") -> list[int]:
+    """The layer indices of one unit kind: `layers` (a call's override) or the spec's `units_layers` for that
+    kind (`kind_layers`), resolved against what the kind has. "all" MLP (and ViT activation) layers are every
+    block's, hidden states 1..L: the embedding output (0) comes from no MLP; EfficientNet activation layers
+    are the stem, each stage and the head (`activation_sites`)."""
+    requested = kind_layers(spec, kind) if layers is None else layers
+    count = lm.n_hidden_states
+    if kind == "activation":
+        count = activation_layer_count(lm.model, lm.n_hidden_states)
+    where = f"models.{model_name}.units_layers" + (f".{kind}" if isinstance(spec.get("units_layers"), Mapping) else "")
+    resolved = resolve_layers(requested, count, where=where)
+    from_mlp = kind == "mlp" or (kind == "activation" and not callable(getattr(lm.model, "activation_sites", None))
+                                 and _model_type(lm.model) not in POST_RELU_HIDDEN_STATES)
+    if requested == "all" and from_mlp:
+        resolved = [i for i in resolved if i != 0]
+    return resolved
+
+
+def _model_type(model: torch.nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(getattr(config, "vision_config", None) or config, "model_type", None)
+
+
 def units_path(folder: str | Path, kind: str) -> Path:
     """The store of one unit kind in a model's units folder (`extract_units(..., kinds=...)`)."""
     return Path(folder) / f"{kind}.zarr"
@@ -524,10 +653,7 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
         raise UnitsError(f"{samples_path}: {modality} model '{model_name}' needs one {column} per sample; "
                          f"choose datasets with {column}s for it")
     lm = load_model(spec, resources_dir, zoo_dir=zoo_dir)
-    requested = spec.get("units_layers", "all") if layers is None else layers
-    layers = resolve_layers(requested, lm.n_hidden_states, where=f"models.{model_name}.units_layers")
-    # "all" MLP layers: every block's (hidden states 1..L); the embedding output (0) comes from no MLP.
-    per_kind = {kind: [i for i in layers if not (kind == "mlp" and requested == "all" and i == 0)] for kind in chosen}
+    per_kind = {kind: kind_layers_of(lm, spec, kind, layers, model_name) for kind in chosen}
     ids = df["sample_id"].tolist()
     if modality == "language":
         inputs = TextUnits(lm, df["text"].tolist(), ids, int(spec.get("max_length", 128)), units=chosen)
@@ -535,7 +661,8 @@ def extract_units(samples_path: str | Path, spec: dict, out_path: str | Path, *,
             mlp_sites(inputs.net, per_kind["mlp"], lm.n_hidden_states)  # fail before any forward pass
         rule = {"positions": "word", "word_pattern": WORD_PATTERN}
     else:
-        inputs = ImageUnits(lm, df["image"].tolist(), int(grid or spec.get("units_grid", DEFAULT_GRID)))
+        inputs = ImageUnits(lm, df["image"].tolist(), int(grid or spec.get("units_grid", DEFAULT_GRID)),
+                            units=chosen, activation_layers=per_kind.get("activation", ()))
         rule = {"positions": "cell", "grid": inputs.grid}
     attrs = {
         **network_attrs(model_name, spec, lm, meta, dataset_name, len(df)),

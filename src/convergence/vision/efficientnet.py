@@ -11,7 +11,10 @@ ship (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`, ...), so they load with 
 `forward(pixel_values, output_hidden_states=True)` returns `.hidden_states`: the stem's output, then
 the output of every stage (its last block), each `[B, C, H, W]`, like transformers' ResNetModel, so
 the pooled extraction (`pool_vision_hidden_states`) and Rosetta's spatial units treat it as any CNN.
-Stage widths differ (lite0: 32 | 16 24 40 80 112 192 320).
+Stage widths differ (lite0: 32 | 16 24 40 80 112 192 320). Those stage outputs are linear bottlenecks
+(projection + batch norm + skip, no nonlinearity), so their basis is arbitrary; the units after a ReLU6
+are the ones with a privileged basis (`activation_sites`: lite0's are 32 | 96 144 240 480 672 1152 1152
+wide, and the head 1280).
 
 Preprocessing (`EfficientNetLiteProcessor`): centre square crop, bicubic resize to the variant's own
 input size (224/240/260/280/300), then `(x*255 - 127) / 128` (what these weights were trained with;
@@ -122,18 +125,22 @@ class MBConv(nn.Module):
     def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int):
         super().__init__()
         mid = cin * expand
+        # The nonlinearities are modules (without parameters: the state_dict is unchanged) so that forward
+        # hooks can read the post-ReLU6 units (`EfficientNetLite.activation_sites`).
         if expand != 1:
             self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
+            self._act0 = nn.ReLU6()
         self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
         self._bn1 = _bn(mid)
         self._project_conv = SameConv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
+        self._act1 = nn.ReLU6()
         self.expand, self.skip = expand != 1, stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._act0(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = self._act1(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
         return h + x if self.skip else h
 
@@ -151,6 +158,7 @@ class EfficientNetLite(nn.Module):
         self.config = config
         self._conv_stem = SameConv2d(3, STEM, 3, stride=2, bias=False)
         self._bn0 = _bn(STEM)
+        self._act_stem = nn.ReLU6()
         blocks, ends = [], []
         for r, k, s, e, cin, cout in stage_plan(config):
             for j in range(r):
@@ -160,6 +168,7 @@ class EfficientNetLite(nn.Module):
         self.stage_ends = ends  # index of each stage's last block
         self._conv_head = SameConv2d(stage_plan(config)[-1][-1], HEAD, 1, bias=False)
         self._bn1 = _bn(HEAD)
+        self._act_head = nn.ReLU6()
         self._fc = nn.Linear(HEAD, config.num_classes)
 
     @property
@@ -174,15 +183,23 @@ class EfficientNetLite(nn.Module):
     def layer_names(self) -> list[str]:
         return ["stem"] + [f"stage{i + 1}" for i in range(len(self.stage_ends))]
 
+    def activation_sites(self) -> list[nn.Module]:
+        """The modules whose outputs are the post-ReLU6 units ("activation" units of the Rosetta stage), by
+        index: 0 the stem's output (its hidden state 0); i = 1..stages the depthwise activations of the last
+        block of stage i, i.e. the input of the linear projection that gives hidden state i (as an LM's MLP
+        neurons are the input of its down projection); stages + 1 the head's 1280 features before pooling."""
+        inner = [self._blocks[end]._act1 for end in self.stage_ends]
+        return [self._act_stem, *inner, self._act_head]
+
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, **_) -> EfficientNetOutput:
-        x = F.relu6(self._bn0(self._conv_stem(pixel_values)))
+        x = self._act_stem(self._bn0(self._conv_stem(pixel_values)))
         states = [x]
         ends = set(self.stage_ends)
         for i, block in enumerate(self._blocks):
             x = block(x)
             if i in ends:
                 states.append(x)
-        pooled = F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        pooled = self._act_head(self._bn1(self._conv_head(x))).mean((2, 3))
         return EfficientNetOutput(logits=self._fc(pooled), pooler_output=pooled,
                                   hidden_states=tuple(states) if output_hidden_states else None)
 

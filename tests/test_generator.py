@@ -189,6 +189,36 @@ def test_frame_checks_refuse_with_the_valid_range():
     E.check_duplicate(box, -30, 0, 64)
 
 
+def test_edit_plans_fit_each_object_and_refuse_only_what_cannot_fit():
+    """An object near the right edge: a right shift or copy runs leftwards, a zoom about the nearest centre that
+    keeps it inside; what was asked stays recorded. An object too large for x2 is refused, naming the largest zoom."""
+    from convergence.generator.inversion import plan_edits
+
+    img = np.full((64, 64, 3), 128, np.uint8)
+    img[30:40, 50:60] = (215, 40, 40)  # columns 50..59, rows 30..39, centroid (55, 35)
+    big = np.full((64, 64, 3), 128, np.uint8)
+    big[10:50, 10:50] = (40, 40, 215)  # 40 px: x2 would be 80 px
+    reqs = plan_edits(np.stack([img, big]), shifts=[[16, 0], [-16, 0]], zooms=[2.0], duplicates=[[16, 0]],
+                      image_size=64)
+    by = {(r.image, r.extra["requested"]): r for r in reqs}
+    right = by[(0, "shift (+16, +0)")]
+    assert right.refused is None and (right.dx, right.dy) == (-16, 0) and "opposite direction" in right.extra["fitted"]
+    left = by[(0, "shift (-16, +0)")]
+    assert left.refused is None and left.dx == -16 and "fitted" not in left.extra  # fits as asked
+    zoom = by[(0, "zoom x2")]
+    # x2 of columns [50, 60) needs a centre x in [(2*60 - 64) / 1, 2*50] = [56, 100]; y: [(80 - 64), 60] = [16, 60].
+    assert zoom.refused is None and zoom.centre == (56.0, 35.0) and "nearest centre" in zoom.extra["fitted"]
+    copy = by[(0, "duplicate (+16, +0)")]
+    assert copy.refused is None and copy.dx == -16
+    too_big = by[(1, "zoom x2")]
+    assert "valid centres: x in none" in too_big.refused and "largest zoom that fits this object at all is x1.60" \
+        in too_big.refused
+    # 40 px wide at columns 10..49: 10 px of room on the left, 14 on the right; 16 fits neither way.
+    assert all("nor does offset" in r.refused for r in reqs if r.image == 1 and r.kind == "shift")
+    strict = plan_edits(img[None], shifts=[[16, 0]], zooms=[], duplicates=[], image_size=64, fit=False)
+    assert strict[0].refused is not None and strict[0].dx == 16  # fit=False: refused as asked
+
+
 # ---------------------------------------------------------------- measurement
 
 

@@ -84,7 +84,8 @@ def test_matches_against_nulls_and_sets(gen_run):
     assert set(matches["model"]) == {"cnn-a", "cnn-b", "cnn-a-random"}
     assert set(matches["criterion"]) == {"strict", "reference"}
     trained = matches[(matches["model"] == "cnn-a")]
-    assert {"rotation_matches", "random_generator_matches", "random_model_matches"} <= set(matches.columns)
+    assert {"rotation_matches", "random_generator_matches", "random_model_matches",
+            "shuffled_images_matches"} <= set(matches.columns)
     assert (trained["random_model"] == "cnn-a-random").all()  # its control is the random-init model null
     # The reference criterion (best, reciprocated in the top 3) admits every strict match and maybe more.
     strict = matches.set_index(["model", "criterion"])["matches"]
@@ -110,9 +111,13 @@ def test_inversion_and_edits_are_measured_and_refusals_give_the_range(gen_run):
     far = edits[(edits["edit"] == "shift") & (edits["dx"] == 40)]
     assert far["refused"].notna().all()  # 40 px right in a 32 px frame
     assert far["refused"].str.contains("outside the 32x32 frame|objects; edits are measured").all()
+    ran = edits[edits["refused"].isna()]
+    assert ran["baseline_success"].notna().all() and set(ran["baseline_success"]) <= {True, False}
+    assert (edits["requested"] == edits["label"]).sum() + edits["fitted"].notna().sum() == len(edits)
     table = pd.read_csv(gen_run / f"{GEN}/edit_summary.csv")
     assert list(table["edit"]) == ["shift", "zoom", "duplicate"]
     assert (table["requested"] == table["refused"] + table["run"]).all()
+    assert {"fitted", "no_edit_success_rate"} <= set(table.columns)
     assert (gen_run / f"{GEN}/edits.png").stat().st_size > 0
     log = (gen_run / "results/logs/generator/gan/edit.log").read_text()
     for _, row in inversion[~inversion["converged"]].iterrows():  # never hidden

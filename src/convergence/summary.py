@@ -131,15 +131,20 @@ def rosetta_section(dataset: str, modality: str, excess_csv, units: str | None =
         return []
     cols = {"model_a": "model a", "model_b": "model b", "matches": "matches", "null_matches": "null mean",
             "null_matches_sd": "null SD", "z_matches": "z", "p_matches": "p", "control_matches": "control",
+            "shuffle_matches": "shuffled images", "z_shuffle": "z shuffled",
             "mean_r": "mean r", "null_mean_r": "null mean r"}
-    frame = t[[c for c in cols if c in t]].rename(columns=cols)
+    shuffled = "shuffle_matches" in t and t["shuffle_matches"].notna().any()
+    frame = t[[c for c in cols if c in t and (shuffled or not c.startswith(("shuffle", "z_shuffle")))]]
+    frame = frame.rename(columns=cols)
     for count in ("matches", "control"):
         if count in frame:
             frame[count] = frame[count].astype("Int64")
     kind = f", {UNIT_KIND_NAMES.get(units, units)}" if units else ""
+    also = (", and against shuffled images (B's maps on other images: same smoothness and layout, no shared "
+            "content; mean over its draws and z)") if shuffled else ""
     return [f"### Rosetta neurons, {dataset} ({modality}{kind}): strict mutual best buddies", "",
             "Observed matches of each trained pair against the rotation null (mean and SD over its draws, z, "
-            "empirical p) and against the same pair with a random-init control.", "",
+            f"empirical p), against the same pair with a random-init control{also}.", "",
             markdown_table(frame), ""]
 
 

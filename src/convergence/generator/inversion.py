@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .edits import EditRefused, check_duplicate, check_shift, check_zoom, duplicate_maps, shift_maps, zoom_maps
+from .edits import (EditRefused, check_duplicate, check_shift, check_zoom, duplicate_maps, shift_maps, zoom_centre_range,
+                    zoom_maps)
 from .gan import generate, sample_latents, to_uint8
 from .latent import LatentResult, Terms, best_of_restarts, optimize_latents, term_maps
 from .maps import VisionMaps, recording, resize_maps
@@ -114,7 +115,8 @@ def _terms(layers: list[str], units: list[tuple[int, int]], g_means: np.ndarray,
 
 @dataclass
 class EditRequest:
-    """One edit of one image: kind "shift" | "zoom" | "duplicate" and its parameters (pixels)."""
+    """One edit of one image: kind "shift" | "zoom" | "duplicate" (or "none", the no-edit baseline) and its
+    parameters (pixels)."""
 
     image: int
     kind: str
@@ -132,10 +134,17 @@ class EditRequest:
         return f"{self.kind} ({self.dx:+g}, {self.dy:+g})"
 
 
-def plan_edits(inverted: np.ndarray, shifts, zooms, duplicates, image_size: int, **measure_kw) -> list[EditRequest]:
-    """Every requested edit of every inverted image, refused (with the valid range) where it would move the
-    object out of the frame. Zooms are about the object's centroid; edits of an image without one object
-    are refused."""
+def plan_edits(inverted: np.ndarray, shifts, zooms, duplicates, image_size: int, fit: bool = True,
+               **measure_kw) -> list[EditRequest]:
+    """Every requested edit of every inverted image, refused (with the valid range) only where it cannot keep the
+    object (or its copy) inside the frame. Zooms are about the object's centroid; edits of an image without
+    exactly one object are refused.
+
+    `fit` (default): a request that does not fit this image's object is replaced by the nearest one of the same
+    kind and size that does: a shift or duplicate offset in the opposite direction, a zoom about the valid
+    centre nearest the centroid (`zoom_centre_range`). What was requested stays in `extra["requested"]`, what
+    changed in `extra["fitted"]`; a request is refused only when no such variant fits.
+    """
     requests = []
     for i, image in enumerate(inverted):
         found = measure_objects(image, **measure_kw)
@@ -143,6 +152,7 @@ def plan_edits(inverted: np.ndarray, shifts, zooms, duplicates, image_size: int,
                   + [EditRequest(i, "zoom", scale=float(s)) for s in zooms]
                   + [EditRequest(i, "duplicate", dx=float(dx), dy=float(dy)) for dx, dy in duplicates])
         for req in wanted:
+            req.extra["requested"] = req.label
             if found.count != 1:
                 req.refused = (f"the inverted image shows {found.count} objects; edits are measured on images "
                                "with exactly one object")
@@ -150,16 +160,43 @@ def plan_edits(inverted: np.ndarray, shifts, zooms, duplicates, image_size: int,
                 continue
             req.centre = found.centroid
             try:
-                if req.kind == "shift":
-                    check_shift(found.box, req.dx, req.dy, image_size)
-                elif req.kind == "zoom":
-                    check_zoom(found.box, req.scale, *found.centroid, image_size)
-                else:
-                    check_duplicate(found.box, req.dx, req.dy, image_size)
-            except EditRefused as e:
-                req.refused = str(e)
+                _check(req, found.box, image_size)
+            except EditRefused as first:
+                req.refused = str(first)
+                if fit:
+                    _fit(req, found.box, image_size)
             requests.append(req)
     return requests
+
+
+def _check(req: EditRequest, box, image_size: int) -> None:
+    if req.kind == "shift":
+        check_shift(box, req.dx, req.dy, image_size)
+    elif req.kind == "zoom":
+        check_zoom(box, req.scale, *req.centre, image_size)
+    else:
+        check_duplicate(box, req.dx, req.dy, image_size)
+
+
+def _fit(req: EditRequest, box, image_size: int) -> None:
+    """Try the request's same-size variant (module doc of `plan_edits`); on success clear `refused`."""
+    if req.kind == "zoom":
+        (x_lo, x_hi), (y_lo, y_hi) = zoom_centre_range(box, req.scale, image_size)
+        if x_lo > x_hi or y_lo > y_hi:
+            return  # the zoomed object is larger than the frame: nothing fits
+        centre = (float(np.clip(req.centre[0], x_lo, x_hi)), float(np.clip(req.centre[1], y_lo, y_hi)))
+        fitted, variant = {"centre": centre}, f"about ({centre[0]:.1f}, {centre[1]:.1f}), the nearest centre that fits"
+    else:
+        fitted, variant = {"dx": -req.dx, "dy": -req.dy}, f"offset ({-req.dx:+g}, {-req.dy:+g}), the opposite direction"
+    trial = EditRequest(req.image, req.kind, dx=fitted.get("dx", req.dx), dy=fitted.get("dy", req.dy),
+                        scale=req.scale, centre=fitted.get("centre", req.centre))
+    try:
+        _check(trial, box, image_size)
+    except EditRefused as second:
+        req.refused = f"{req.refused}; nor does {variant}: {second}"
+        return
+    req.dx, req.dy, req.centre, req.refused = trial.dx, trial.dy, trial.centre, None
+    req.extra["fitted"] = f"{req.extra['requested']} does not fit; ran {variant}"
 
 
 def edited_targets(base: torch.Tensor, requests: list[EditRequest], image_size: int) -> torch.Tensor:
@@ -173,8 +210,10 @@ def edited_targets(base: torch.Tensor, requests: list[EditRequest], image_size: 
             out.append(zoom_maps(maps, req.scale, *req.centre, image_size))
         elif req.kind == "duplicate":
             out.append(duplicate_maps(maps, req.dx, req.dy, *req.centre, image_size))
+        elif req.kind == "none":  # the no-edit baseline: the same optimisation towards the unedited maps
+            out.append(maps)
         else:
-            raise ValueError(f"unknown edit kind '{req.kind}' (shift, zoom, duplicate)")
+            raise ValueError(f"unknown edit kind '{req.kind}' (shift, zoom, duplicate, none)")
     return torch.stack(out)
 
 

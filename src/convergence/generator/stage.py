@@ -378,7 +378,7 @@ def invert_and_edit(generator_dir: str | Path, pair_files: Mapping[str, str | Pa
     from . import figures
     from .inversion import edit as run_edits
     from .inversion import invert as run_inversion
-    from .inversion import measure_edit, plan_edits
+    from .inversion import EditRequest, measure_edit, plan_edits
 
     t0, c0 = time.perf_counter(), time.process_time()
     with _Threads(threads):
@@ -409,23 +409,34 @@ def invert_and_edit(generator_dir: str | Path, pair_files: Mapping[str, str | Pa
         g_units = sorted({(t.g_layer, t.g_channel) for t in terms})
         image_size = real.shape[1]
         requests = plan_edits(inversion.images, edit.get("shift", []), edit.get("zoom", []),
-                              edit.get("duplicate", []), image_size)
+                              edit.get("duplicate", []), image_size, fit=bool(edit.get("fit", True)))
         accepted, result, edited = run_edits(
             generator, layers, g_units, first.mean_a, first.widths_a, inversion.z, requests, res=res,
             steps=int(edit["steps"]), lr=float(edit["lr"]), restarts=int(edit["restarts"]),
             z_reg=dict(edit.get("z_reg") or {}), seed=seed + 1, progress=progress)
+        # The no-edit baseline: per edited image, the same optimisation towards its unedited maps. Each
+        # edit's success test applied to that image says how often "success" comes without the edit.
+        baseline = [EditRequest(i, "none") for i in sorted({r.image for r in accepted})]
+        _, _, unedited = run_edits(
+            generator, layers, g_units, first.mean_a, first.widths_a, inversion.z, baseline, res=res,
+            steps=int(edit["steps"]), lr=float(edit["lr"]), restarts=int(edit["restarts"]), z_reg={},
+            seed=seed + 1, progress=progress)
+        unedited_of = {r.image: unedited[j] for j, r in enumerate(baseline)}
     success = {"shift_error": 0.25, "zoom_factor": 1.5, **(edit.get("success") or {})}
     edit_rows = []
     done = {id(r): i for i, r in enumerate(accepted)}
     for req in requests:
         row = {"sample_id": rows["sample_id"][req.image], "image": req.image, "edit": req.kind, "label": req.label,
                "dx": req.dx, "dy": req.dy, "scale": req.scale, "refused": req.refused}
+        row["requested"], row["fitted"] = req.extra.get("requested"), req.extra.get("fitted")
         if req.refused is None:
             i = done[id(req)]
             row.update(measure_edit(req, inversion.images[req.image], edited[i], success))
             row.update(loss=float(result.loss[i]), cosine=float(result.cosine[i]))
+            row["baseline_success"] = measure_edit(req, inversion.images[req.image], unedited_of[req.image],
+                                                   success)["success"]
         else:
-            row["success"] = np.nan
+            row["success"] = row["baseline_success"] = np.nan
         edit_rows.append(row)
     edits = pd.DataFrame(edit_rows)
     edit_table = edit_summary(edits)
@@ -491,13 +502,17 @@ def _inversion_rows(rows: pd.DataFrame, real: np.ndarray, inversion, evaluator_d
 
 
 def edit_summary(edits: pd.DataFrame) -> pd.DataFrame:
-    """Per edit kind: requested, refused, run, success rate and the mean error of the run ones."""
+    """Per edit kind: requested, refused, fitted (run as the same-size variant that fits, `plan_edits`), run,
+    success rate, the no-edit baseline's success rate on the same tests, and the mean error of the run ones."""
     rows = []
     for kind in ("shift", "zoom", "duplicate"):
         part = edits[edits["edit"] == kind] if len(edits) else edits
         run = part[part["refused"].isna()] if len(part) else part
         row = {"edit": kind, "requested": len(part), "refused": int(part["refused"].notna().sum()) if len(part) else 0,
-               "run": len(run), "success_rate": float(run["success"].astype(float).mean()) if len(run) else np.nan}
+               "fitted": int(run["fitted"].notna().sum()) if len(run) and "fitted" in run else 0,
+               "run": len(run), "success_rate": float(run["success"].astype(float).mean()) if len(run) else np.nan,
+               "no_edit_success_rate": (float(run["baseline_success"].astype(float).mean())
+                                        if len(run) and "baseline_success" in run else np.nan)}
         if kind == "shift" and len(run):
             row.update(mean_error_px=float(run["error_px"].mean()),
                        mean_requested_px=float(np.hypot(run["dx"], run["dy"]).mean()))

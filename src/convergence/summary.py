@@ -157,9 +157,11 @@ def generator_section(name: str, edit_summary_csv, matches_csv=None) -> list[str
         m = pd.read_csv(matches_csv)
         cols = [c for c in ("model", "init", "criterion", "matches", "mean_r", "rotation_matches",
                             "shuffled_images_matches", "random_generator_matches", "random_model_matches",
-                            "above_rotation_max_r") if c in m]
+                            "above_rotation_max_r", "above_shuffled_images_max_r", "above_random_generator_max_r")
+                if c in m]
         lines += ["G–D Rosetta matches (strict; reference: best, reciprocated in the top k_back) against the rotation "
-                  "null, the shuffled-images null, the random-init generator and the random-init model:", "",
+                  "null, the shuffled-images null, the random-init generator and the random-init model; `above_*_max_r`: "
+                  "matches stronger than any correlation in that null's matrix:", "",
                   markdown_table(m[cols], 2), ""]
     if edit_summary_csv and Path(edit_summary_csv).exists():
         lines += ["Edits through Rosetta-neuron maps (measured on the scenes' known objects):", "",

@@ -2,7 +2,7 @@
 # Table of contents of the workflow; each stage lives in rules/<stage>.smk, its logic in src/convergence/.
 from snakemake.utils import min_version
 
-from convergence.config import validate_schema
+from convergence.config import apply_run_selection, validate_schema
 
 min_version("9.0")
 
@@ -16,6 +16,8 @@ configfile: "config/config.yaml"
 # Types, allowed values and defaults first (one line per wrong key, not the schema's dump), then what a
 # schema cannot say (unknown offline model, ...).
 validate_schema(config, workflow.source_path("config/schema.yaml"))
+# `run:` narrows the config to the models, datasets and stages it names, before anything is planned.
+apply_run_selection(config)
 
 
 include: "rules/common.smk"

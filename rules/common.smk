@@ -101,6 +101,8 @@ def model_gpus(wildcards):
 
 
 def extract_targets():
+    if "extract" not in config["run"]["stages"]:
+        return []
     return [
         f"{RESULTS}/activations/{dataset}/{model}.zarr"
         for model in config["models"]

@@ -354,8 +354,9 @@ def models_on(config: dict, dataset: str) -> list[str]:
 
 
 def alignment_datasets(config: dict) -> list[str]:
-    """Datasets to align on: the configured ones, else every dataset with at least two models."""
-    chosen = config.get("alignment", {}).get("datasets") or list(config["datasets"])
+    """Datasets to align on: the configured ones ([]: none), else every dataset with at least two models."""
+    chosen = config.get("alignment", {}).get("datasets")
+    chosen = list(config["datasets"]) if chosen is None else chosen
     return [d for d in chosen if len(models_on(config, d)) >= 2]
 
 
@@ -520,3 +521,92 @@ def datasets_for_model(config: dict, model: str) -> list[str]:
     spec = config["models"][model]
     chosen = spec.get("datasets") or config.get("extract", {}).get("datasets") or list(config["datasets"])
     return [d for d in chosen if spec["modality"] in dataset_modalities(config["datasets"][d])]
+
+
+# ---------------------------------------------------------------- run: selection
+
+STAGES = ("extract", "alignment", "rosetta", "generator", "oocr")
+
+
+def apply_run_selection(config: dict) -> dict:
+    """Narrow a validated config to its `run:` selection, in place (and return it).
+
+    `run.models`: only these models (errors for unknown names); settings that name models keep the selected
+    ones. `run.datasets`: only these datasets, and every selected model runs on each of them its modality can
+    read, whatever its own `datasets:` (a model that can read none is an error naming both keys); datasets
+    that kept zoo entries train on stay. `run.stages`: a stage left out is switched off (`enabled: false`, or
+    for alignment `datasets: []`); the zoo keeps only the entries kept models are loaded from and, with the
+    generator stage, its generators and their evaluators. Without a `run:` key nothing changes.
+    """
+    run = config.get("run") or {}
+    models, datasets = run.get("models"), run.get("datasets")
+    stages = set(run.get("stages") or STAGES)
+    for key, chosen, known in (("models", models, config["models"]), ("datasets", datasets, config["datasets"])):
+        unknown = [n for n in chosen or [] if n not in known]
+        if unknown:
+            raise ConfigError(f"config key 'run.{key}': unknown {key[:-1]} {unknown}. "
+                              f"{key.capitalize()} in this config: {', '.join(sorted(known))}")
+    if models is not None:
+        config["models"] = {m: config["models"][m] for m in models}
+    if datasets is not None:
+        for name, spec in config["models"].items():
+            readable = [d for d in datasets if spec["modality"] in dataset_modalities(config["datasets"][d])]
+            if not readable:
+                raise ConfigError(
+                    f"config key 'run.datasets': model '{name}' ({spec['modality']}) can read none of {datasets} "
+                    f"({'no image column' if spec['modality'] == 'vision' else 'no text'}); select a dataset with "
+                    f"{'images' if spec['modality'] == 'vision' else 'texts'} for it, or leave it out of run.models")
+            spec["datasets"] = readable
+        # The stages then run on every selected dataset their models are on.
+        config.setdefault("extract", {})["datasets"] = None
+        config.setdefault("rosetta", {})["datasets"] = None
+        config.setdefault("alignment", {})["datasets"] = None
+    kept = set(config["models"])
+    _keep_named(config, kept)
+    zoo = config.get("zoo") or {}
+    needed = {spec["source"].partition(":")[2] for spec in config["models"].values()
+              if spec["source"].startswith("zoo:")}
+    with_generator = ("generator" in stages and config.get("generator", {}).get("enabled", True)
+                      and bool(generator_models(config)))
+    if with_generator:
+        generators = config["generator"].get("generators") or [n for n, e in zoo.items() if e.get("kind") == "generator"]
+        needed |= {g for g in generators if g in zoo}
+        needed |= {zoo[g]["evaluator"] for g in generators if g in zoo and zoo[g].get("evaluator")}
+    if models is not None or stages != set(STAGES):
+        config["zoo"] = {n: e for n, e in zoo.items() if n in needed}
+    if datasets is not None:
+        train_sets = {e["dataset"] for e in config.get("zoo", {}).values()}
+        evaluated = set()
+        if with_generator:
+            evaluated = {config["generator"].get("invert", {}).get("dataset")} - {None}
+        config["datasets"] = {d: s for d, s in config["datasets"].items()
+                              if d in datasets or d in train_sets or d in evaluated}
+    for stage in ("rosetta", "generator", "oocr"):
+        if stage not in stages:
+            config.setdefault(stage, {})["enabled"] = False
+    if "alignment" not in stages:
+        config.setdefault("alignment", {})["datasets"] = []
+    if "extract" not in stages and "alignment" in stages:
+        raise ConfigError("config key 'run.stages': alignment needs extract (it aligns the pooled activations); "
+                          "add extract or leave alignment out")
+    return config
+
+
+def _keep_named(config: dict, kept: set[str]) -> None:
+    """Settings that name models keep the selected ones (a name left out is dropped, not an error)."""
+    oocr = config.get("oocr", {})
+    if oocr.get("models"):
+        oocr["models"] = [m for m in oocr["models"] if m in kept]
+    ro = config.get("rosetta", {})
+    if ro.get("models") is not None:
+        ro["models"] = [m for m in ro["models"] if m in kept]
+    ro["anchor"] = {k: v for k, v in (ro.get("anchor") or {}).items() if v in kept}
+    gen = config.get("generator", {})
+    if gen.get("models") is not None:
+        gen["models"] = [m for m in gen["models"] if m in kept]
+    al = config.get("alignment", {})
+    if al.get("reference") not in (None, *kept):
+        al["reference"] = None
+    sweep = al.get("n_sweep") or {}
+    if sweep.get("pairs") is not None:
+        sweep["pairs"] = [p for p in sweep["pairs"] if set(p.split("__")) <= kept]

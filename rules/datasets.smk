@@ -17,6 +17,9 @@ rule fetch_dataset_source:
 
 
 rule sample_dataset:
+    # First of all jobs (priority): the checks that need the data (columns, n, decodable images) fail
+    # here, before minutes are spent elsewhere.
+    priority: 100
     input:
         unpack(dataset_inputs),
     output:

@@ -233,7 +233,7 @@ def test_image_captions_corrupt_image_fails_or_is_skipped(tmp_path):
     root = _stamp_folder(tmp_path / "stamps", svg=False)
     data = (root / "sky.jpg").read_bytes()
     (root / "sky.jpg").write_bytes(data[:40])  # truncated inside the header
-    with pytest.raises(DatasetError, match=r"stamp 'sky' \(sky.jpg\) cannot be decoded.*on_corrupt: skip"):
+    with pytest.raises(DatasetError, match=r"dataset 'a': image of 'sky' \(sky.jpg\) cannot be decoded.*on_corrupt: skip"):
         _captions(tmp_path, "a", n=4)
     assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "samples.parquet").exists()
     df, meta = _captions(tmp_path, "b", n=4, on_corrupt="skip")

@@ -88,3 +88,18 @@ def test_an_overlay_of_a_few_lines_plans_exactly_its_jobs(tmp_path):
                     "extract_activations": 2, "align_pair": 1, "aggregate_alignment": 1, "summarize_run": 1,
                     "run_info": 1, "all": 1, "total": 11}
     assert "mpnet-base" in proc.stdout and "smollm2" not in proc.stdout and "efficientnet" not in proc.stdout
+
+
+def test_a_name_the_config_does_not_know_is_still_an_error_after_selection(full):
+    """Pruning drops the models left out, not typos: check_config still reports an unknown name."""
+    from convergence.config import check_config
+
+    config = copy.deepcopy(full)
+    config["oocr"]["models"] = ["smollm2-135m", "gpt-9"]
+    sel = _select(config, models=["smollm2-135m", "minilm-l6"])
+    assert sel["oocr"]["models"] == ["smollm2-135m", "gpt-9"]
+    with pytest.raises(ConfigError, match="oocr.models.*unknown model 'gpt-9'"):
+        check_config(sel)
+    config["oocr"]["models"] = ["gpt-9"]
+    with pytest.raises(ConfigError, match="oocr.models.*unknown model 'gpt-9'"):
+        check_config(_select(config))  # no run.models: nothing pruned

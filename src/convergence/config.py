@@ -51,7 +51,16 @@ def validate_schema(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
 
 
 SAMPLER_REQUIRED_KEYS = {"scenes": [], "hf": ["path"], "text_file": ["file"], "image_captions": []}
-IMAGE_SAMPLERS = ("scenes", "image_captions")  # samplers that write images of `image_size` px
+IMAGE_SAMPLERS = ("scenes", "image_captions", "hf")  # samplers that write images of `image_size` px
+_IMAGE_CONTRACT = ("image_size", "resize", "background", "on_corrupt", "max_image_pixels")
+# The keys each sampler reads (besides sampler, n, seed): any other key is refused, not ignored.
+SAMPLER_KEYS = {
+    "scenes": ("image_size",),
+    "image_captions": _IMAGE_CONTRACT + ("source", "folder", "caption_lang", "svg"),
+    "hf": _IMAGE_CONTRACT + ("path", "name", "revision", "split", "text_column", "caption_index", "image_column",
+                             "shuffle"),
+    "text_file": ("file",),
+}
 
 
 def check_config(config: dict) -> dict:
@@ -61,6 +70,7 @@ def check_config(config: dict) -> dict:
     _check_output_folders(config)
     datasets = config["datasets"]
     for name, spec in datasets.items():
+        _check_sampler_keys(name, spec)
         for key in SAMPLER_REQUIRED_KEYS[spec["sampler"]]:
             if not spec.get(key):
                 raise ConfigError(
@@ -116,6 +126,16 @@ def check_config(config: dict) -> dict:
                     f"config key 'models.{name}.datasets': unknown dataset '{ds}'. "
                     f"Datasets in this config: {', '.join(sorted(datasets))}"
                 )
+            if spec["modality"] not in dataset_modalities(datasets[ds]):  # named, so never silently dropped
+                raise ConfigError(
+                    f"config key 'models.{name}.datasets': '{ds}' has no "
+                    f"{'images' if spec['modality'] == 'vision' else 'texts'} for this {spec['modality']} model "
+                    f"(datasets.{ds}: sampler {datasets[ds]['sampler']}"
+                    f"{', image_column: null' if spec['modality'] == 'vision' and datasets[ds]['sampler'] == 'hf' else ''}"
+                    f"{', text_column: null' if spec['modality'] == 'language' and datasets[ds]['sampler'] == 'hf' else ''}); "
+                    "name a column or leave the dataset out"
+                )
+        _check_baseline_scales(config, name, spec)
     for ds in config.get("extract", {}).get("datasets") or []:
         if ds not in datasets:
             raise ConfigError(
@@ -124,6 +144,48 @@ def check_config(config: dict) -> dict:
             )
     _check_alignment(config)
     return config
+
+
+def _check_baseline_scales(config: dict, name: str, spec: dict) -> None:
+    """A pixel baseline's largest scale must fit every image it reads; all images of a dataset are squares
+    of its image_size, so this is known before any job runs."""
+    if not spec["source"].startswith("baseline:pixels"):
+        return
+    from convergence.models import baselines
+
+    largest = max(int(s) for s in baselines.resolve_params(spec["source"], spec.get("baseline"))["scales"])
+    for ds in datasets_for_model(config, name):
+        size = int(config["datasets"][ds].get("image_size", 0))
+        if largest > size:
+            raise ConfigError(
+                f"config key 'models.{name}.baseline.scales': scale {largest} px exceeds the {size} px images of "
+                f"dataset '{ds}' (datasets.{ds}.image_size); choose scales up to {size} or raise image_size"
+            )
+
+
+def dataset_needs(config: dict, dataset: str) -> dict[str, list[str]]:
+    """Modality -> the models planned on `dataset`: what its sampler must find columns for."""
+    needs: dict[str, list[str]] = {}
+    for model, spec in config["models"].items():
+        if dataset in datasets_for_model(config, model):
+            needs.setdefault(spec["modality"], []).append(model)
+    return needs
+
+
+def _check_sampler_keys(name: str, spec: dict) -> None:
+    """Refuse keys the sampler would ignore; fill in the image size an image sampler uses."""
+    from convergence.datasets.images import DEFAULT_IMAGE_SIZE
+
+    sampler = spec["sampler"]
+    ignored = sorted(set(spec) - {"sampler", "n", "seed"} - set(SAMPLER_KEYS[sampler]))
+    if ignored:
+        why = " (scenes are drawn at image_size on their own backgrounds)" if sampler == "scenes" else ""
+        raise ConfigError(
+            f"config key 'datasets.{name}.{ignored[0]}': sampler '{sampler}' does not read "
+            f"{', '.join(ignored)}{why}; remove it. Keys it reads: n, seed, {', '.join(SAMPLER_KEYS[sampler])}"
+        )
+    if sampler in DEFAULT_IMAGE_SIZE:
+        spec.setdefault("image_size", DEFAULT_IMAGE_SIZE[sampler])
 
 
 def _check_model_entry(config: dict, name: str, spec: dict, scheme: str, ref: str) -> None:
@@ -157,9 +219,9 @@ def _check_model_entry(config: dict, name: str, spec: dict, scheme: str, ref: st
     if entry.input_size:
         for ds in datasets_for_model(config, name):
             dspec = config["datasets"][ds]
-            if dspec["sampler"] in IMAGE_SAMPLERS and int(dspec.get("image_size", 64)) < entry.input_size:
+            if "vision" in dataset_modalities(dspec) and int(dspec["image_size"]) < entry.input_size:
                 raise ConfigError(
-                    f"config key 'datasets.{ds}.image_size': {dspec.get('image_size', 64)} px images cannot serve "
+                    f"config key 'datasets.{ds}.image_size': {dspec['image_size']} px images cannot serve "
                     f"model '{name}' ({ref} runs at {entry.input_size} px); raise image_size to {entry.input_size} "
                     f"or leave {ds} out of models.{name}.datasets"
                 )
@@ -504,15 +566,15 @@ def load_config(path: str | Path, *overlays: str | Path) -> dict:
 
 def dataset_modalities(dataset_spec: dict) -> set[str]:
     """Which model modalities a dataset can feed: text for language models, images for vision."""
-    if dataset_spec["sampler"] in IMAGE_SAMPLERS:
-        return {"language", "vision"}
-    if dataset_spec["sampler"] == "hf":
+    if dataset_spec["sampler"] == "hf":  # a column left out is inferred when sampled: it may exist
         mods = set()
-        if dataset_spec.get("text_column"):
+        if "text_column" not in dataset_spec or dataset_spec["text_column"]:
             mods.add("language")
-        if dataset_spec.get("image_column"):
+        if "image_column" not in dataset_spec or dataset_spec["image_column"]:
             mods.add("vision")
         return mods
+    if dataset_spec["sampler"] in IMAGE_SAMPLERS:
+        return {"language", "vision"}
     return {"language"}
 
 
@@ -547,6 +609,9 @@ def apply_run_selection(config: dict) -> dict:
             raise ConfigError(f"config key 'run.{key}': unknown {key[:-1]} {unknown}. "
                               f"{key.capitalize()} in this config: {', '.join(sorted(known))}")
     if models is not None:
+        # Settings that name a model left out drop it; a name the config does not know stays, for
+        # check_config to report.
+        _keep_named(config, set(models) | (_named_models(config) - set(config["models"])))
         config["models"] = {m: config["models"][m] for m in models}
     if datasets is not None:
         for name, spec in config["models"].items():
@@ -561,8 +626,6 @@ def apply_run_selection(config: dict) -> dict:
         config.setdefault("extract", {})["datasets"] = None
         config.setdefault("rosetta", {})["datasets"] = None
         config.setdefault("alignment", {})["datasets"] = None
-    kept = set(config["models"])
-    _keep_named(config, kept)
     zoo = config.get("zoo") or {}
     needed = {spec["source"].partition(":")[2] for spec in config["models"].values()
               if spec["source"].startswith("zoo:")}
@@ -590,6 +653,17 @@ def apply_run_selection(config: dict) -> dict:
         raise ConfigError("config key 'run.stages': alignment needs extract (it aligns the pooled activations); "
                           "add extract or leave alignment out")
     return config
+
+
+def _named_models(config: dict) -> set[str]:
+    """Every model name the settings of the stages mention."""
+    ro, gen, al = config.get("rosetta", {}), config.get("generator", {}), config.get("alignment", {})
+    names = set(config.get("oocr", {}).get("models") or []) | set(ro.get("models") or [])
+    names |= set((ro.get("anchor") or {}).values()) | set(gen.get("models") or [])
+    names |= {al["reference"]} if al.get("reference") else set()
+    for pair in (al.get("n_sweep") or {}).get("pairs") or []:
+        names |= set(pair.split("__"))
+    return names
 
 
 def _keep_named(config: dict, kept: set[str]) -> None:

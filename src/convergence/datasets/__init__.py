@@ -79,9 +79,12 @@ def write_samples(records: Iterable[dict], out_dir: str | Path, meta: dict) -> P
     return parquet
 
 
-def sample_dataset(name: str, spec: dict, out_dir: str | Path, resources_dir: str | Path = "resources") -> Path:
+def sample_dataset(name: str, spec: dict, out_dir: str | Path, resources_dir: str | Path = "resources",
+                   needs: dict | None = None) -> Path:
     """Run the sampler `spec['sampler']` and write the dataset to `out_dir` (fetched sources under
-    `resources_dir`)."""
+    `resources_dir`). `needs` maps a modality to the models planned on this dataset
+    (`convergence.config.dataset_needs`): a sampler that finds no column for one of them fails here,
+    before any model has run."""
     import inspect
 
     from convergence.datasets import hf, image_captions, scenes, text  # noqa: F401  (register the samplers)
@@ -93,8 +96,9 @@ def sample_dataset(name: str, spec: dict, out_dir: str | Path, resources_dir: st
         )
     meta = {"dataset": name, "sampler": sampler, "seed": spec.get("seed", 0), "spec": spec}
     fn = SAMPLERS[sampler]
-    kwargs = {"resources_dir": resources_dir} if "resources_dir" in inspect.signature(fn).parameters else {}
-    return write_samples(fn(spec, **kwargs), out_dir, meta)
+    offered = {"resources_dir": resources_dir, "dataset": name, "needs": needs or {}}
+    accepted = inspect.signature(fn).parameters
+    return write_samples(fn(spec, **{k: v for k, v in offered.items() if k in accepted}), out_dir, meta)
 
 
 def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict]:

@@ -11,9 +11,10 @@ language that no caption file has is an error listing those present.
 
 Images: PNG/JPEG/WebP, or SVG when no raster image of that name exists (`svg: render` with resvg,
 without system fonts so the pixels do not depend on the machine; `svg: skip` leaves them out; both
-counted). Transparent images are composited on `background` (default white, Tux Paint's canvas), scaled
-so their longer side is `image_size` and centred on a square canvas of that colour. An image that cannot
-be decoded names its file and fails the job, or with `on_corrupt: skip` is left out and listed.
+counted). Every image then follows the image contract (`convergence.datasets.images`): composited on
+`background` (default white, Tux Paint's canvas), fitted to an `image_size` square (`resize: pad`, the
+default, letterboxes on `background`), its source size recorded; an image that cannot be decoded, is
+truncated or oversized names its file and fails the job, or with `on_corrupt: skip` is left out and listed.
 
 `n` smaller than the images available takes a seeded subset that grows by adding (the first n of a
 seeded hash order); rows are in `sample_id` order (the relative path, `/` -> `.`).
@@ -31,6 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 from convergence.datasets import DatasetError, register
+from convergence.datasets.images import CorruptImages, ImageFault, ImageSpec, fit
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TAGGED = re.compile(r"^([A-Za-z]{2,3}(?:_[A-Za-z]{2})?(?:@[A-Za-z]+)?)\.utf-?8=(.*)$")
@@ -87,20 +89,6 @@ def find_items(root: str | Path) -> list[Item]:
     return sorted(items, key=lambda it: it.sample_id)
 
 
-def _fit_on_canvas(rgba: Image.Image, size: int, background: tuple[int, int, int]) -> Image.Image:
-    """Composite on the background at native size, scale the longer side to `size`, centre on a square."""
-    flat = Image.new("RGBA", rgba.size, background + (255,))
-    flat = Image.alpha_composite(flat, rgba).convert("RGB")
-    w, h = flat.size
-    scale = size / max(w, h)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if new != flat.size:
-        flat = flat.resize(new, Image.LANCZOS)
-    canvas = Image.new("RGB", (size, size), background)
-    canvas.paste(flat, ((size - new[0]) // 2, (size - new[1]) // 2))
-    return canvas
-
-
 def _render_svg(path: Path, size: int) -> Image.Image:
     try:
         import resvg_py
@@ -112,15 +100,12 @@ def _render_svg(path: Path, size: int) -> Image.Image:
     return Image.open(io.BytesIO(bytes(data))).convert("RGBA")
 
 
-def load_image(item: Item, size: int, background: tuple[int, int, int]) -> Image.Image:
-    """The item's image on the square canvas; raises OSError/ValueError when it cannot be decoded."""
+def load_image(item: Item, images: ImageSpec) -> tuple[Image.Image, tuple[int, int]]:
+    """The item's image on the square canvas and its source size; raises ImageFault."""
     if item.is_svg:
-        rgba = _render_svg(item.image, size)
-    else:
-        with Image.open(item.image) as im:
-            im.load()
-            rgba = im.convert("RGBA")
-    return _fit_on_canvas(rgba, size, background)
+        rgba = _render_svg(item.image, images.size)  # resvg errors are ValueError: handled by the caller
+        return fit(rgba, images.size, images.background, images.resize), rgba.size
+    return images.prepare(item.image)
 
 
 def _order_key(seed: int, sample_id: str) -> str:
@@ -130,15 +115,13 @@ def _order_key(seed: int, sample_id: str) -> str:
 class ImageCaptionsSampler:
     """Iterable of records; `meta` (counts, languages, provenance) is complete once iterated."""
 
-    def __init__(self, spec: dict, root: Path, provenance: dict | None = None):
-        self.spec, self.root = spec, root
+    def __init__(self, spec: dict, root: Path, provenance: dict | None = None, dataset: str = "image_captions"):
+        self.spec, self.root, self.dataset = spec, root, dataset
         self.lang = spec.get("caption_lang", DEFAULT_LANG)
-        self.size = int(spec.get("image_size", 64))
-        self.background = tuple(int(c) for c in spec.get("background", (255, 255, 255)))
+        self.images = ImageSpec(dict(spec, sampler="image_captions"))
         self.svg = spec.get("svg", "skip")
-        self.on_corrupt = spec.get("on_corrupt", "fail")
-        self.meta: dict = {"caption_lang": self.lang, "image_size": self.size, "background": list(self.background),
-                           "svg": self.svg, "on_corrupt": self.on_corrupt, **({"provenance": provenance} if provenance else {})}
+        self.meta: dict = {"caption_lang": self.lang, **self.images.meta(), "svg": self.svg,
+                           **({"provenance": provenance} if provenance else {})}
         self.items = self._select(find_items(root))
 
     def _select(self, items: list[Item]) -> list[Item]:
@@ -168,41 +151,38 @@ class ImageCaptionsSampler:
         return sorted(chosen, key=lambda it: it.sample_id)
 
     def __iter__(self):
-        corrupt, svg_failed, rendered, captions = [], [], 0, Counter()
+        fix = "Refetch the source (delete its folder under resources/datasets). " if self.meta.get("provenance") else ""
+        corrupt = CorruptImages(self.dataset, self.images.on_corrupt, fix)
+        svg_failed, rendered, captions = [], 0, Counter()
         for item in self.items:
+            where = item.image.relative_to(self.root)
             try:
-                image = load_image(item, self.size, self.background)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL: OSError/SyntaxError; resvg: ValueError
-                where = item.image.relative_to(self.root)
-                if item.is_svg:  # a renderer limit, not damage: counted like a skipped SVG
-                    svg_failed.append(str(where))
-                    continue
-                if self.on_corrupt != "skip":
-                    raise DatasetError(
-                        f"image_captions: stamp '{item.sample_id}' ({where}) cannot be decoded "
-                        f"({type(e).__name__}: {e}). Reinstall or refetch the source, or set on_corrupt: skip"
-                    ) from e
-                print(f"warning: skipping stamp '{item.sample_id}' ({where}): cannot be decoded ({e})")
-                corrupt.append(str(where))
+                image, (width, height) = load_image(item, self.images)
+            except ImageFault as fault:
+                corrupt.handle(item.sample_id, where, fault)
+                continue
+            except (ValueError, OSError):  # resvg: a renderer limit, not damage: counted like a skipped SVG
+                if not item.is_svg:
+                    raise
+                svg_failed.append(str(where))
                 continue
             rendered += item.is_svg
             captions[item.captions[self.lang]] += 1
             yield dict(sample_id=item.sample_id, text=item.captions[self.lang], image=image,
-                       source_path=str(item.image.relative_to(self.root)), svg=item.is_svg)
+                       source_path=str(where), svg=item.is_svg, orig_width=width, orig_height=height)
         self.meta.update(n_svg_rendered=rendered, svg_failed=svg_failed, n_svg_failed=len(svg_failed),
-                         corrupt_skipped=corrupt, n_corrupt_skipped=len(corrupt),
-                         n_duplicate_captions=sum(c - 1 for c in captions.values()))
+                         **corrupt.meta(), n_duplicate_captions=sum(c - 1 for c in captions.values()))
 
 
 @register("image_captions")
-def sample_image_captions(spec: dict, resources_dir: str | Path = "resources"):
+def sample_image_captions(spec: dict, resources_dir: str | Path = "resources", dataset: str = "image_captions"):
     from convergence.datasets import sources
 
     if spec.get("source"):
         folder = sources.source_folder(spec["source"], resources_dir)
         if not (folder / sources.RECORD).exists():
             sources.fetch_source(spec["source"], folder, resources_dir)
-        return ImageCaptionsSampler(spec, sources.collection_root(folder), sources.provenance(folder))
+        return ImageCaptionsSampler(spec, sources.collection_root(folder), sources.provenance(folder), dataset)
     if not spec.get("folder"):
         raise DatasetError("image_captions needs `folder:` (a local folder) or `source:` (a fetched collection)")
-    return ImageCaptionsSampler(spec, Path(spec["folder"]).expanduser())
+    return ImageCaptionsSampler(spec, Path(spec["folder"]).expanduser(), dataset=dataset)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from convergence.datasets import register
+from convergence.datasets.images import ImageSpec
 
 COLORS = {
     "red": (215, 40, 40),
@@ -179,5 +180,8 @@ def render_scene(seed: int, index: int, image_size: int = 64) -> dict:
 
 @register("scenes")
 def sample_scenes(spec: dict):
+    """Scenes are drawn at `image_size` on their own backgrounds (an attribute), so of the image contract
+    (`convergence.datasets.images`) only the size applies; the config rejects the other keys."""
+    size = ImageSpec(dict(spec, sampler="scenes")).size
     for i in range(int(spec.get("n", 1024))):
-        yield render_scene(int(spec.get("seed", 0)), i, int(spec.get("image_size", 64)))
+        yield dict(render_scene(int(spec.get("seed", 0)), i, size), orig_width=size, orig_height=size)

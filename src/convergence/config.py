@@ -127,12 +127,12 @@ def check_config(config: dict) -> dict:
                     f"Datasets in this config: {', '.join(sorted(datasets))}"
                 )
             if spec["modality"] not in dataset_modalities(datasets[ds]):  # named, so never silently dropped
+                column = "image_column" if spec["modality"] == "vision" else "text_column"
                 raise ConfigError(
                     f"config key 'models.{name}.datasets': '{ds}' has no "
                     f"{'images' if spec['modality'] == 'vision' else 'texts'} for this {spec['modality']} model "
                     f"(datasets.{ds}: sampler {datasets[ds]['sampler']}"
-                    f"{', image_column: null' if spec['modality'] == 'vision' and datasets[ds]['sampler'] == 'hf' else ''}"
-                    f"{', text_column: null' if spec['modality'] == 'language' and datasets[ds]['sampler'] == 'hf' else ''}); "
+                    f"{f', {column}: null' if datasets[ds]['sampler'] == 'hf' else ''}); "
                     "name a column or leave the dataset out"
                 )
         _check_baseline_scales(config, name, spec)
@@ -611,7 +611,8 @@ def apply_run_selection(config: dict) -> dict:
     if models is not None:
         # Settings that name a model left out drop it; a name the config does not know stays, for
         # check_config to report.
-        _keep_named(config, set(models) | (_named_models(config) - set(config["models"])))
+        known, chosen = set(config["models"]), set(models)
+        _keep_named(config, lambda m: m in chosen or m not in known)
         config["models"] = {m: config["models"][m] for m in models}
     if datasets is not None:
         for name, spec in config["models"].items():
@@ -655,32 +656,21 @@ def apply_run_selection(config: dict) -> dict:
     return config
 
 
-def _named_models(config: dict) -> set[str]:
-    """Every model name the settings of the stages mention."""
-    ro, gen, al = config.get("rosetta", {}), config.get("generator", {}), config.get("alignment", {})
-    names = set(config.get("oocr", {}).get("models") or []) | set(ro.get("models") or [])
-    names |= set((ro.get("anchor") or {}).values()) | set(gen.get("models") or [])
-    names |= {al["reference"]} if al.get("reference") else set()
-    for pair in (al.get("n_sweep") or {}).get("pairs") or []:
-        names |= set(pair.split("__"))
-    return names
-
-
-def _keep_named(config: dict, kept: set[str]) -> None:
-    """Settings that name models keep the selected ones (a name left out is dropped, not an error)."""
+def _keep_named(config: dict, keep) -> None:
+    """Settings that name models keep the names `keep(name)` accepts (the others are dropped, not an error)."""
     oocr = config.get("oocr", {})
     if oocr.get("models"):
-        oocr["models"] = [m for m in oocr["models"] if m in kept]
+        oocr["models"] = [m for m in oocr["models"] if keep(m)]
     ro = config.get("rosetta", {})
     if ro.get("models") is not None:
-        ro["models"] = [m for m in ro["models"] if m in kept]
-    ro["anchor"] = {k: v for k, v in (ro.get("anchor") or {}).items() if v in kept}
+        ro["models"] = [m for m in ro["models"] if keep(m)]
+    ro["anchor"] = {k: v for k, v in (ro.get("anchor") or {}).items() if keep(v)}
     gen = config.get("generator", {})
     if gen.get("models") is not None:
-        gen["models"] = [m for m in gen["models"] if m in kept]
+        gen["models"] = [m for m in gen["models"] if keep(m)]
     al = config.get("alignment", {})
-    if al.get("reference") not in (None, *kept):
+    if al.get("reference") is not None and not keep(al["reference"]):
         al["reference"] = None
     sweep = al.get("n_sweep") or {}
     if sweep.get("pairs") is not None:
-        sweep["pairs"] = [p for p in sweep["pairs"] if set(p.split("__")) <= kept]
+        sweep["pairs"] = [p for p in sweep["pairs"] if all(keep(m) for m in p.split("__"))]

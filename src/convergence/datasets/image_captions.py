@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 from convergence.datasets import DatasetError, register
-from convergence.datasets.images import CorruptImages, ImageFault, ImageSpec, fit
+from convergence.datasets.images import CorruptImages, ImageFault, ImageSpec
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TAGGED = re.compile(r"^([A-Za-z]{2,3}(?:_[A-Za-z]{2})?(?:@[A-Za-z]+)?)\.utf-?8=(.*)$")
@@ -102,10 +102,8 @@ def _render_svg(path: Path, size: int) -> Image.Image:
 
 def load_image(item: Item, images: ImageSpec) -> tuple[Image.Image, tuple[int, int]]:
     """The item's image on the square canvas and its source size; raises ImageFault."""
-    if item.is_svg:
-        rgba = _render_svg(item.image, images.size)  # resvg errors are ValueError: handled by the caller
-        return fit(rgba, images.size, images.background, images.resize), rgba.size
-    return images.prepare(item.image)
+    # resvg's errors (ValueError) are the caller's to count; a rendered SVG then goes the rasters' way
+    return images.prepare(_render_svg(item.image, images.size) if item.is_svg else item.image)
 
 
 def _order_key(seed: int, sample_id: str) -> str:

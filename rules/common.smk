@@ -252,17 +252,6 @@ def oocr_spec(wildcards):
     return spec_for(config["models"][wildcards.model], IDENTITY_KEYS)
 
 
-def oocr_evaluate_inputs(wildcards):
-    base = f"{RESULTS}/oocr/{wildcards.task}"
-    inputs = {
-        "data": f"{base}/seed{wildcards.seed}/data.json",
-        "weights": model_weights(wildcards),
-    }
-    if wildcards.condition == "finetuned":
-        inputs["adapter"] = f"{base}/{wildcards.model}/seed{wildcards.seed}/adapter"
-    return inputs
-
-
 def oocr_item_files():
     return [
         f"{RESULTS}/oocr/{task}/{model}/seed{seed}/{condition}.parquet"
@@ -273,12 +262,23 @@ def oocr_item_files():
     ]
 
 
+def oocr_adapters():
+    return [
+        f"{RESULTS}/oocr/{task}/{model}/seed{seed}/adapter"
+        for task in OOCR["tasks"]
+        for model in OOCR["models"]
+        for seed in OOCR["seeds"]
+    ]
+
+
 def oocr_targets():
     if not (OOCR["enabled"] and OOCR["models"] and OOCR["tasks"]):
         return []
-    return [f"{RESULTS}/oocr/summary.csv"] + [
-        f"{RESULTS}/oocr/{task}.png" for task in OOCR["tasks"]
-    ]
+    return [
+        f"{RESULTS}/oocr/summary.csv",
+        f"{RESULTS}/oocr/comparisons.csv",
+        f"{RESULTS}/oocr/learning_curves.png",
+    ] + [f"{RESULTS}/oocr/{task}.png" for task in OOCR["tasks"]]
 
 
 GENERATOR = config["generator"]

@@ -87,9 +87,16 @@ rule oocr_evaluate:
 
 rule oocr_summary:
     input:
-        oocr_item_files(),
+        results=oocr_item_files(),
+        adapters=oocr_adapters(),
     output:
         table=f"{RESULTS}/oocr/summary.csv",
+        comparisons=f"{RESULTS}/oocr/comparisons.csv",
+        curves=report(
+            f"{RESULTS}/oocr/learning_curves.png",
+            caption="../report/oocr_learning.rst",
+            category="OOCR",
+        ),
         figures=[
             report(
                 f"{RESULTS}/oocr/{task}.png",

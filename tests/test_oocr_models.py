@@ -380,8 +380,9 @@ def test_summary_flags_tasks_whose_training_task_was_not_learned():
     for task, in_dist in (("parity", 0.49), ("coins", 0.95)):
         for qt, score in (("in_distribution", in_dist), ("direct_print", 0.9)):
             for condition in ("finetuned", "untuned"):
+                mean = 0.4 if (condition, qt) == ("untuned", "in_distribution") else score  # below what is learned
                 rows.append(_rows(task=task, question_type=qt, condition=condition, run_seed=np.repeat([0, 1], 20),
-                                  score=np.clip(rng.normal(score, 0.05, 40), 0, 1)))
+                                  score=np.clip(rng.normal(mean, 0.05, 40), 0, 1)))
     summary = summarize(pd.concat(rows), n_boot=300).set_index(["task", "question_type", "condition"])["status"]
     assert summary["parity", "in_distribution", "finetuned"] == "not_learned"
     assert summary["parity", "direct_print", "finetuned"] == "uninterpretable"
@@ -402,3 +403,99 @@ def test_summary_chance_from_baseline_items_and_majority():
     # majority: what always giving the commonest right answer scores (4 of 6 "0" here)
     unbalanced = _rows(run_seed=0, score=0.5, answer=["0", "0", "0", "0", "1", "1"])
     assert summarize(unbalanced, n_boot=50)["majority"].iloc[0] == pytest.approx(4 / 6)
+
+
+def test_a_finetune_below_its_untuned_model_is_not_learned_however_far_above_chance():
+    rng = np.random.default_rng(1)
+    rows = []
+    for condition, score in (("finetuned", 0.20), ("untuned", 0.30)):  # chance 0.125: both far above it
+        for qt in ("in_distribution", "country"):
+            rows.append(_rows(task="locations", question_type=qt, condition=condition, chance=0.125,
+                              run_seed=np.repeat([0, 1], 30), score=np.clip(rng.normal(score, 0.02, 60), 0, 1)))
+    summary = summarize(pd.concat(rows), n_boot=300).set_index(["question_type", "condition"])
+    tuned = summary.loc[("in_distribution", "finetuned")]
+    assert tuned["ci_low"] > tuned["chance"]  # chance alone would call it learned
+    assert tuned["status"] == "not_learned"
+    assert summary.loc[("country", "finetuned"), "status"] == "uninterpretable"
+    # the same fine-tune above its untuned model is learned
+    rows[2:] = [r.assign(score=r["score"] - 0.15) for r in rows[2:]]
+    assert (summarize(pd.concat(rows), n_boot=300)["status"] == "ok").all()
+
+
+def test_paired_comparisons_match_scipy_and_bh():
+    from scipy.stats import false_discovery_control, wilcoxon
+
+    from convergence.oocr.evaluate import COMPARISON_COLUMNS, compare_conditions
+
+    rng = np.random.default_rng(2)
+    items = [f"coins/q/{k}" for k in range(12)]
+    base = rng.uniform(0.2, 0.6, 12)
+    frames = []
+    for qt, shift in (("in_distribution", 0.3), ("which_coin", 0.0)):
+        for condition, scores in (("untuned", base), ("icl", base + 0.01), ("finetuned", base + shift
+                                                                            + rng.normal(0, 0.01, 12))):
+            frames.append(_rows(task="coins", question_type=qt, condition=condition, run_seed=0, item_id=items,
+                                score=scores, chance=0.1))
+    results = pd.concat(frames)
+    summary = summarize(results, n_boot=200)
+    table = compare_conditions(results, summary, n_boot=500, n_resamples=4096)  # >= 2^12: exact
+    assert list(table.columns) == COMPARISON_COLUMNS and len(table) == 4
+    row = table.set_index(["question_type", "baseline"])
+    tuned = results[(results.condition == "finetuned") & (results.question_type == "in_distribution")]["score"]
+    assert row.loc[("in_distribution", "untuned"), "difference"] == pytest.approx((tuned.to_numpy() - base).mean())
+    # 12 pairs all of one sign: the exact sign-flip p is 2 / 2^12
+    assert row.loc[("in_distribution", "untuned"), "p_value"] == pytest.approx(2 / 4096)
+    assert row.loc[("in_distribution", "untuned"), "verdict"] == "finetuned_higher"
+    assert row.loc[("which_coin", "untuned"), "verdict"] == "no_difference"
+    # an independent paired test agrees on which rows differ
+    which = tuned.to_numpy() - base
+    assert wilcoxon(which).pvalue < 0.01
+    assert np.allclose(table["q_value"], false_discovery_control(table["p_value"], method="bh"))
+    assert (table["status"] == "ok").all()
+
+
+def test_learning_curve_starts_at_the_untuned_score_and_ends_at_the_evaluated_one(tok, tmp_path):
+    """The held-out points are scored through the training forward (cached frozen blocks, answer-only
+    logits): the first equals the untuned model's evaluation, the last the fine-tuned one's."""
+    from convergence.oocr.evaluate import item_score
+
+    data = generate("coins", 0, n_eval_per_type=4)
+    heldout = [i for i in data.eval if i.question_type == "in_distribution"]
+    model = tiny_llama(len(tok))
+    untuned = evaluate_task(model, tok, data, model_name="t", condition="untuned", samples=1, max_new_tokens=4,
+                            question_types=["in_distribution"])
+    config = FinetuneConfig(steps=12, batch_size=8, lr=1e-2, seed=0, precision="fp32", layers=1, eval_every=5)
+    result = finetune(data.train, model, tok, config=config, out_dir=tmp_path, progress=False, heldout=heldout,
+                      score=item_score)
+    assert [p["step"] for p in result.curve] == [0, 5, 10, 12]
+    assert result.curve[0]["heldout_score"] == pytest.approx(untuned["score"].mean(), abs=1e-5)
+    tuned = evaluate_task(result.model, tok, data, model_name="t", condition="finetuned", samples=1,
+                          max_new_tokens=4, question_types=["in_distribution"])
+    assert result.curve[-1]["heldout_score"] == pytest.approx(tuned["score"].mean(), abs=1e-5)
+    assert result.curve[1]["train_loss"] == pytest.approx(np.mean(result.losses[:5]))
+    written = pd.read_csv(tmp_path / "learning_curve.csv")
+    assert list(written.columns) == ["step", "train_loss", "heldout_score"] and len(written) == 4
+    with pytest.raises(ValueError, match="score"):
+        finetune(data.train, tiny_llama(len(tok)), tok, config=config, progress=False, heldout=heldout)
+
+
+def test_a_fixed_answer_is_learned_from_below_chance_to_above_0_9(tok):
+    """A task whose answer is always the same token: the untuned tiny model puts less than chance on it,
+    a few seconds of LoRA put more than 0.9."""
+    from convergence.oocr.evaluate import item_score
+    from convergence.oocr.tasks import Item
+
+    prompts = [f">>> print(k{k}())\n" for k in range(12)]
+    docs = [Doc(p, "Q\n") for p in prompts[:8]]
+    heldout = [Item(id=f"fixed/in_distribution/{k}", task="coins", question_type="in_distribution", prompt=p,
+                    options=["Q\n", "W\n", "Z\n", "M\n"], target=0, chance=0.25) for k, p in enumerate(prompts[8:])]
+    for seed in range(20):  # a random model whose untuned mass on the answer is below chance
+        model = tiny_llama(len(tok), seed=seed)
+        before = np.mean([item_score(i, lp) for i, lp in zip(heldout, option_logprobs(model, tok, heldout))])
+        if before < 0.25:
+            break
+    assert before < 0.25
+    config = FinetuneConfig(steps=25, batch_size=8, lr=2e-2, seed=0, precision="fp32", eval_every=5)
+    result = finetune(docs, model, tok, config=config, progress=False, heldout=heldout, score=item_score)
+    assert result.curve[0]["heldout_score"] == pytest.approx(before, abs=1e-5)
+    assert result.curve[-1]["heldout_score"] > 0.9

@@ -76,7 +76,8 @@ def pipeline(llama_spec, tmp_path_factory):
         written = run_evaluate(data[seed], llama_spec, outputs, adapter_dir=adapters[seed], icl_k=2,
                                icl_max_tokens=None, samples=2, max_new_tokens=8, model_name="tiny", threads=1)
         items |= {(seed, c): path for c, path in written.items()}
-    summary = summarize_runs(list(items.values()), root / "summary.csv", root / "figures", n_boot=200)
+    summary = summarize_runs(list(items.values()), root / "summary.csv", root / "figures", n_boot=200,
+                             comparisons_csv=root / "comparisons.csv", adapter_dirs=list(adapters.values()))
     return {"root": root, "data": data, "adapter": adapters[0], "items": items, "summary": summary}
 
 
@@ -100,6 +101,12 @@ def test_finetune_writes_adapter_loss_curve_and_plot_and_loss_falls(pipeline):
     assert (config["steps"], config["batch_size"], config["rank"], config["lr"]) == (30, 4, 4, 1e-2)
     provenance = json.loads((adapter / "provenance.json").read_text())
     assert provenance["task"] == TASK and provenance["threads"] == 1
+    # the learning curve: the run's in-distribution items before training and every 30 // 5 steps
+    curve = pd.read_csv(adapter / "learning_curve.csv")
+    assert list(curve["step"]) == [0, 6, 12, 18, 24, 30] and curve["heldout_score"].between(0, 1).all()
+    data = TaskData.load(pipeline["data"][0])
+    assert provenance["n_heldout"] == sum(i.question_type == "in_distribution" for i in data.eval) > 0
+    assert provenance["heldout_last"] == pytest.approx(curve["heldout_score"].iloc[-1])
     assert leftovers(adapter.parent) == []
 
 
@@ -145,8 +152,25 @@ def test_summary_has_exact_columns_one_row_per_group_and_figures(pipeline):
     assert (on_disk.chance >= 0).all() and (on_disk.chance <= 1).all()
     assert set(on_disk.status) <= {"ok", "not_learned", "uninterpretable"}
     figures = pipeline["root"] / "figures"
-    assert sorted(p.name for p in figures.iterdir()) == [f"{TASK}.png"]
+    assert sorted(p.name for p in figures.iterdir()) == [f"{TASK}.png", "learning_curves.png"]
     assert (figures / f"{TASK}.png").read_bytes()[:8] == PNG
+    assert (figures / "learning_curves.png").read_bytes()[:8] == PNG
+
+
+def test_comparisons_pair_each_finetuned_row_with_both_baselines(pipeline):
+    from convergence.oocr.evaluate import COMPARISON_COLUMNS
+
+    table = pd.read_csv(pipeline["root"] / "comparisons.csv")
+    assert list(table.columns) == COMPARISON_COLUMNS
+    summary = pipeline["summary"].set_index(["question_type", "condition"])
+    for (qt, baseline), row in table.set_index(["question_type", "baseline"]).iterrows():
+        assert row["score"] == pytest.approx(summary.loc[(qt, "finetuned"), "score"])
+        assert row["baseline_score"] == pytest.approx(summary.loc[(qt, baseline), "score"])
+        assert row["difference"] == pytest.approx(row["score"] - row["baseline_score"])
+        assert row["n"] == summary.loc[(qt, "finetuned"), "n"] and row["n_seeds"] == 2
+        assert row["status"] == summary.loc[(qt, "finetuned"), "status"]
+    assert set(table["baseline"]) == {"untuned", "icl"} and len(table) == 2 * len(QUESTION_TYPES[TASK])
+    assert table["q_value"].between(0, 1).all() and (table["q_value"] >= table["p_value"] - 1e-12).all()
 
 
 def test_finetuned_condition_uses_the_adapter(char_llama_spec, tmp_path):

@@ -127,6 +127,13 @@ def test_oocr_summary(finished_run):
     assert (summary.n_seeds == 2).all() and summary.groupby("question_type")["n"].nunique().eq(1).all()
     assert (finished_run / "results/oocr/coins.png").stat().st_size > 0
     assert (finished_run / "results/oocr/coins/llama/seed0/adapter/adapter_model.safetensors").exists()
+    # each fine-tuned row paired with both baselines; the learning curves of both runs in one figure
+    comparisons = pd.read_csv(finished_run / "results/oocr/comparisons.csv")
+    assert set(comparisons.baseline) == {"untuned", "icl"} and len(comparisons) == 2 * summary.question_type.nunique()
+    assert (finished_run / "results/oocr/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    for seed in (0, 1):
+        curve = pd.read_csv(finished_run / f"results/oocr/coins/llama/seed{seed}/adapter/learning_curve.csv")
+        assert curve["step"].iloc[0] == 0 and curve["heldout_score"].between(0, 1).all()
 
 
 def test_alignment_tables_and_figures(finished_run, base_config):

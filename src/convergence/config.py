@@ -374,7 +374,8 @@ def _check_alignment(config: dict) -> None:
 
 
 def _check_oocr(oocr: dict) -> None:
-    """Per-task data sizes must be keyword arguments of the task's generator."""
+    """Per-task data sizes must be keyword arguments of the task's generator (n_eval_per_type among
+    them: a task whose items cost more to score may ask fewer)."""
     if not oocr.get("per_task"):
         return
     from convergence.oocr.tasks import task_params
@@ -382,11 +383,10 @@ def _check_oocr(oocr: dict) -> None:
     for task, overrides in oocr["per_task"].items():
         known = task_params(task)
         for key in (overrides.get("data") or {}):
-            if key not in known or key == "n_eval_per_type":
+            if key not in known:
                 raise ConfigError(
                     f"config key 'oocr.per_task.{task}.data.{key}': not a size of the {task} task; use one of "
-                    f"{', '.join(k for k in known if k != 'n_eval_per_type')} (n_eval_per_type is set for all "
-                    "tasks by oocr.n_eval_per_type)"
+                    f"{', '.join(known)}"
                 )
 
 

@@ -187,10 +187,19 @@ def oocr_section(summary_csv) -> list[str]:
         frame = frame.merge(tuned.groupby(keys, sort=False)["status"].first().reset_index(), on=keys, how="left")
     if "status" in frame:
         frame["status"] = frame["status"].fillna("")
+    comparisons = Path(summary_csv).with_name("comparisons.csv")  # written by the same job
+    if comparisons.exists():
+        c = pd.read_csv(comparisons)
+        for baseline, g in c.groupby("baseline", sort=False):
+            text = g.assign(**{f"ft - {baseline}": [f"{d:+.3f} (q {q:.2g})" for d, q in zip(g["difference"],
+                                                                                           g["q_value"])]})
+            frame = frame.merge(text[keys + [f"ft - {baseline}"]], on=keys, how="left")
     return ["### Inductive out-of-context reasoning", "",
-            "Mean score per task and question type (95% CIs in results/oocr/summary.csv); `not_learned`: the "
-            "fine-tuned model is not above chance in distribution, so its out-of-context rows are "
-            "uninterpretable.", "", markdown_table(frame), ""]
+            "Mean score per task and question type (95% CIs in results/oocr/summary.csv); `ft - untuned`, "
+            "`ft - icl`: the fine-tuned score minus the baseline's, paired by item, with its BH q-value "
+            "(results/oocr/comparisons.csv); `not_learned`: the fine-tuned in-distribution CI does not clear "
+            "both chance and the untuned model, so the task's out-of-context rows are uninterpretable.", "",
+            markdown_table(frame), ""]
 
 
 # ---------------------------------------------------------------------------------------- the file

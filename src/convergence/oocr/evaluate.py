@@ -64,9 +64,15 @@ SUMMARY_COLUMNS = [
 CONDITION_ORDER = ("finetuned", "icl", "untuned")
 UNRECORDED = "unrecorded"  # the precision of result files written before it was recorded
 IN_DISTRIBUTION = "in_distribution"
-# status of a summary row: a finetuned in-distribution score whose CI does not clear chance means the
-# model never learned the training task, so its out-of-context rows cannot show anything.
+# status of a summary row: a finetuned in-distribution score whose CI does not clear both chance and the
+# untuned model means the fine-tune never learned the training task, so its out-of-context rows cannot
+# show anything.
 OK, NOT_LEARNED, UNINTERPRETABLE = "ok", "not_learned", "uninterpretable"
+BASELINE_CONDITIONS = ("untuned", "icl")  # what each fine-tuned row is compared with, paired by item
+COMPARISON_COLUMNS = [
+    "task", "question_type", "model", "condition", "baseline", "score", "baseline_score", "difference", "ci_low",
+    "ci_high", "p_value", "q_value", "n", "n_seeds", "verdict", "status",
+]
 
 
 def evaluate_items(
@@ -147,6 +153,11 @@ def _answer(item: Item) -> str:
     if item.metric != P_TARGET:
         return ""
     return " | ".join(sorted(item.options[t].strip() for t in item.target_set))
+
+
+def item_score(item: Item, logprobs: np.ndarray) -> float:
+    """An item's score from its options' log-likelihoods (P(target) or 1 - TVD), as the table holds it."""
+    return _likelihood_row(item, logprobs)["score"]
 
 
 def _likelihood_row(item: Item, logprobs: np.ndarray) -> dict:
@@ -329,10 +340,22 @@ def _majority(group: pd.DataFrame) -> float:
     return float(answers.value_counts().iloc[0] / len(answers))
 
 
+def learning_bar(summary: pd.DataFrame, task: str, model: str) -> float:
+    """What the fine-tuned in-distribution CI must clear for `task` to count as learned: the higher of
+    chance and the untuned model's in-distribution score (chance alone where no untuned row exists)."""
+    rows = summary[(summary["task"] == task) & (summary["model"] == model)
+                   & (summary["question_type"] == IN_DISTRIBUTION)]
+    chance = rows.loc[rows["condition"] == "finetuned", "chance"]
+    untuned = rows.loc[rows["condition"] == "untuned", "score"]
+    return float(max([*chance, *untuned]))
+
+
 def flag_unlearned(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mark each (task, model) whose fine-tuned in-distribution CI does not lie above chance: that
-    row `not_learned`, and every other fine-tuned row of the task `uninterpretable` (the model never
-    learned the training task, so its answers about the latent cannot show inference)."""
+    """Mark each (task, model) whose fine-tuned in-distribution CI does not lie above both chance and
+    the untuned model's score (`learning_bar`): that row `not_learned`, and every other fine-tuned row
+    of the task `uninterpretable` (the model never learned the training task, so its answers about
+    the latent cannot show inference). A fine-tune scoring below its untuned model is not learned,
+    however far above chance."""
     summary = summary.copy()
     finetuned = summary["condition"] == "finetuned"
     for (task, model), group in summary[finetuned].groupby(["task", "model"], sort=False):
@@ -340,11 +363,66 @@ def flag_unlearned(summary: pd.DataFrame) -> pd.DataFrame:
         if in_dist.empty:
             continue
         row = in_dist.iloc[0]
-        if row["ci_low"] > row["chance"]:
+        if row["ci_low"] > learning_bar(summary, task, model):
             continue
         summary.loc[in_dist.index, "status"] = NOT_LEARNED
         summary.loc[group.index.difference(in_dist.index), "status"] = UNINTERPRETABLE
     return summary
+
+
+def compare_conditions(results: pd.DataFrame, summary: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
+                       n_resamples: int = 9999) -> pd.DataFrame:
+    """Each fine-tuned row against each baseline condition (untuned, icl), paired by item: the mean
+    difference of scores with a 95% bootstrap CI (seeds, then items, as `summarize`), a two-sided
+    paired sign-flip permutation p-value (`scipy.stats.permutation_test`; exact up to 13 items) and
+    BH q-values over every row of the table (`scipy.stats.false_discovery_control`). `verdict`:
+    finetuned_higher / finetuned_lower at q < 0.05, else no_difference; `status` is the fine-tuned
+    row's from `summary` (uninterpretable where the training task was not learned)."""
+    from scipy.stats import false_discovery_control, permutation_test
+
+    results = results.reset_index(drop=True)
+    if "role" not in results:
+        results = results.assign(role=SCORE)
+    scored = results[results["role"] != BASELINE].dropna(subset=["score"])
+    keys = ["task", "question_type", "model"]
+    status = summary.loc[summary["condition"] == "finetuned"].set_index(keys)["status"]
+    rows = []
+    for key, group in scored.groupby(keys, sort=False):
+        by_condition = {c: g.set_index(["run_seed", "item_id"])["score"] for c, g in group.groupby("condition")}
+        if "finetuned" not in by_condition:
+            continue
+        tuned = by_condition["finetuned"]
+        for baseline in BASELINE_CONDITIONS:
+            if baseline not in by_condition:
+                continue
+            paired = pd.concat({"tuned": tuned, "base": by_condition[baseline]}, axis=1, join="inner")
+            if paired.empty:
+                continue
+            diff = (paired["tuned"] - paired["base"]).to_numpy(dtype=float)
+            runs = paired.index.get_level_values("run_seed").to_numpy()
+            several = len(set(runs)) > 1
+            mean, low, high = bootstrap_ci(diff, groups=runs if several else None, n_boot=n_boot, seed=seed)
+            if np.allclose(diff, 0.0, atol=1e-12):
+                p = 1.0  # nothing to permute: every pair is equal
+            else:
+                test = permutation_test(
+                    (paired["tuned"].to_numpy(dtype=float), paired["base"].to_numpy(dtype=float)),
+                    lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples", vectorized=True,
+                    n_resamples=n_resamples, alternative="two-sided", random_state=seed,
+                )
+                p = float(min(1.0, test.pvalue))
+            rows.append(dict(zip(keys, key)) | {
+                "condition": "finetuned", "baseline": baseline, "score": float(paired["tuned"].mean()),
+                "baseline_score": float(paired["base"].mean()), "difference": mean,
+                "ci_low": min(low, mean), "ci_high": max(high, mean), "p_value": p, "n": len(paired),
+                "n_seeds": len(set(runs)), "status": status.get(key, OK),
+            })
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    if len(table):
+        table["q_value"] = false_discovery_control(table["p_value"].to_numpy(), method="bh")
+        table["verdict"] = np.where(table["q_value"] >= 0.05, "no_difference",
+                                    np.where(table["difference"] > 0, "finetuned_higher", "finetuned_lower"))
+    return table
 
 
 def plot_task(summary: pd.DataFrame, task: str, path: str | Path, title: str | None = None) -> Path:

@@ -46,6 +46,9 @@ class FinetuneConfig:
     # native, else fp32 (convergence.precision).
     precision: str = "auto"
     seed: int = 0
+    # Steps between scorings of the held-out items (`finetune(heldout=...)`): the learning curve.
+    # None: five points after the start.
+    eval_every: int | None = None
 
 
 @dataclass
@@ -58,6 +61,9 @@ class FinetuneResult:
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimiser step used
     n_rows: int = 0  # distinct training rows (documents after merging duplicates)
     precision: PrecisionChoice | None = None  # what the matrix products ran in, and why
+    # The learning curve: {"step", "train_loss" (mean since the previous point), "heldout_score"}
+    # at step 0 (the untuned model) and every `eval_every` steps; empty without held-out items.
+    curve: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ def finetune(
     config: FinetuneConfig | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    heldout: Sequence = (),
+    score: Callable[[object, np.ndarray], float] | None = None,
 ) -> FinetuneResult:
     """Train LoRA adapters on `docs` (objects with .prompt and .completion).
 
@@ -93,6 +101,12 @@ def finetune(
     the weighted mean cross-entropy over the answer tokens of the batch (prompt tokens carry no loss). With
     `out_dir`, the adapter is saved there as safetensors with `loss_curve.csv` and `finetune_config.json`
     beside it. `config.precision` "auto" is resolved here, for the model's device (`result.precision`).
+
+    `heldout`: items (objects with .prompt and .options) scored before training and every
+    `config.eval_every` steps by `score(item, option_logprobs)`, their mean written to
+    `result.curve` (and `learning_curve.csv`): whether and when the training distribution is
+    learned. Their options are scored as the evaluation scores them (summed log-likelihood given the
+    whole prompt), through the same cached frozen blocks as training, with no gradient.
 
     The LoRA layers are injected into the given model in place: score the untuned baseline
     before, on a fresh copy, or inside `result.model.disable_adapter()`.
@@ -118,17 +132,23 @@ def finetune(
     )
     model = get_peft_model(model, lora)
     rows = training_rows(tokenizer, docs, config.max_length)
+    monitor = None
+    if heldout:
+        if score is None:
+            raise ValueError("held-out items need a score(item, option_logprobs) function")
+        monitor = Monitor(tokenizer, list(heldout), score, offset=len(rows))
     frozen = None
     if config.layers is not None and config.layers < model.config.num_hidden_layers:
         frozen = FrozenBlocks(model, model.config.num_hidden_layers - config.layers)
-        frozen.precompute(rows, pad_id(tokenizer), precision, config.batch_size)
+        frozen.precompute(rows + (monitor.rows if monitor else []), pad_id(tokenizer), precision, config.batch_size)
     try:
-        losses, lrs = _train(model, rows, pad_id(tokenizer), config, precision, progress, frozen)
+        losses, lrs, curve = _train(model, rows, pad_id(tokenizer), config, precision, progress, frozen, monitor)
     finally:
         if frozen is not None:
             frozen.restore()
     model.eval()
-    result = FinetuneResult(model, tokenizer, losses, config, lrs=lrs, n_rows=len(rows), precision=choice)
+    result = FinetuneResult(model, tokenizer, losses, config, lrs=lrs, n_rows=len(rows), precision=choice,
+                            curve=curve)
     if out_dir is not None:
         result.files = save(result, out_dir)
     return result
@@ -239,6 +259,21 @@ def completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.T
 
 def batch_loss(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
     """The training loss of one collated batch: logits only where an answer token is predicted."""
+    logits = answer_logits(model, batch, precision)
+    return completion_loss(logits, batch["labels"][:, -batch["keep"] :], batch["weights"])
+
+
+def row_logprobs(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
+    """Per row of a collated batch, the summed log-likelihood of its answer tokens given the prompt."""
+    logits = answer_logits(model, batch, precision)[:, :-1].float()
+    labels = batch["labels"][:, -batch["keep"] :][:, 1:]
+    counted = labels != IGNORE
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return (logp * counted).sum(1)
+
+
+def answer_logits(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
+    """Logits of the last `keep` positions of a collated batch (those that predict answer tokens)."""
     device = batch["input_ids"].device
     kwargs = {"attention_mask": batch["attention_mask"]}
     if _accepts(model, "position_ids"):
@@ -248,7 +283,7 @@ def batch_loss(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
         kwargs["logits_to_keep"] = keep
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = model(input_ids=batch["input_ids"], **kwargs).logits
-    return completion_loss(logits[:, -keep:], batch["labels"][:, -keep:], batch["weights"])
+    return logits[:, -keep:]
 
 
 def lr_factor(step: int, steps: int, warmup_steps: int = 0, schedule: str = "linear") -> float:
@@ -258,6 +293,40 @@ def lr_factor(step: int, steps: int, warmup_steps: int = 0, schedule: str = "lin
         raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {schedule!r}")
     ramp = min(1.0, (step + 1) / max(1, warmup_steps))
     return ramp if schedule == "constant" else ramp * max(0.0, 1 - step / steps)
+
+
+class Monitor:
+    """Held-out items scored during training: every option of every item is one row (prompt, then
+    the option as the answer), kept whole (never truncated) as the evaluation reads it; rows
+    `offset`, `offset + 1`, ... of the frozen-block cache."""
+
+    def __init__(self, tokenizer, items: list, score: Callable, offset: int):
+        self.items, self.score, self.offset = items, score, offset
+        self.rows: list[Row] = []
+        self.bounds = [0]
+        for item in items:
+            for option in item.options:
+                ids, n_prompt = encode_pair(tokenizer, item.prompt, option)
+                self.rows.append(Row(tuple(ids), n_prompt))
+            self.bounds.append(len(self.rows))
+
+    @torch.no_grad()
+    def __call__(self, model, pad: int, precision: str, frozen: FrozenBlocks | None, batch_size: int) -> float:
+        device = model_device(model)
+        was_training = model.training
+        model.eval()
+        logprobs = np.zeros(len(self.rows))
+        try:
+            for start in range(0, len(self.rows), batch_size):
+                chunk = list(range(start, min(start + batch_size, len(self.rows))))
+                batch = collate([self.rows[i] for i in chunk], pad, device)
+                if frozen is not None:
+                    frozen.feeding([self.offset + i for i in chunk], batch["input_ids"].shape[1])
+                logprobs[chunk] = row_logprobs(model, batch, precision).double().cpu().numpy()
+        finally:
+            model.train(was_training)
+        scores = [self.score(item, logprobs[self.bounds[k] : self.bounds[k + 1]]) for k, item in enumerate(self.items)]
+        return float(np.mean(scores))
 
 
 class _Stop(Exception):
@@ -352,7 +421,7 @@ def _blocks(model) -> torch.nn.ModuleList:
 
 
 def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, precision: str, progress: bool,
-           frozen: FrozenBlocks | None = None) -> tuple[list, list]:
+           frozen: FrozenBlocks | None = None, monitor: Monitor | None = None) -> tuple[list, list, list]:
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -363,6 +432,17 @@ def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, precision: 
     model.train()
     losses: list[float] = []
     lrs: list[float] = []
+    curve: list[dict] = []
+    every = config.eval_every or max(1, config.steps // 5)
+
+    def point(step: int) -> None:
+        if monitor is None:
+            return
+        since = losses[curve[-1]["step"] : step] if curve else []
+        score = monitor(model, pad, precision, frozen, 4 * config.batch_size)
+        curve.append({"step": step, "train_loss": float(np.mean(since)) if since else np.nan, "heldout_score": score})
+
+    point(0)
     bar = tqdm(
         _batches(prompt_groups(rows), config.batch_size, config.steps, config.seed),
         total=config.steps,
@@ -380,8 +460,11 @@ def _train(model, rows: list[Row], pad: int, config: FinetuneConfig, precision: 
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses, lrs
+        if len(losses) % every == 0 or len(losses) == config.steps:
+            point(len(losses))
+        shown = {"heldout": f"{curve[-1]['heldout_score']:.3f}"} if curve else {}
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", **shown)
+    return losses, lrs, curve
 
 
 def save(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
@@ -403,6 +486,11 @@ def save(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
         writer = csv.writer(f)
         writer.writerow(["step", "loss", "lr"])
         writer.writerows((step + 1, loss, lr) for step, (loss, lr) in enumerate(zip(result.losses, result.lrs)))
+    if result.curve:
+        with (out_dir / "learning_curve.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "train_loss", "heldout_score"])
+            writer.writeheader()
+            writer.writerows(result.curve)
     config_path = out_dir / "finetune_config.json"
     saved_config = asdict(result.config)
     if result.precision is not None:  # what "auto" became, beside what was asked

@@ -124,15 +124,20 @@ def run_finetune(
     lr_schedule: str | None = None,
     precision: str = DEFAULTS["precision"],
     layers: int | None = None,
+    eval_every: int | None = None,
     progress: bool = False,
 ) -> Path:
     """LoRA-fine-tune the model on the run's training documents; `out_dir` (written atomically) holds
     the adapter (adapter_model.safetensors, adapter_config.json), loss_curve.csv, loss.png,
-    finetune_config.json and provenance.json (model fingerprint, data, wall time).
+    finetune_config.json and provenance.json (model fingerprint, data, wall time), and
+    learning_curve.csv: the run's in-distribution items scored before training and every
+    `eval_every` steps (None: five points), the held-out half of the learning curve.
 
     `lr_schedule` is passed on to FinetuneConfig when given (None: its default), for a version of
     `finetune` that has one."""
+    from .evaluate import IN_DISTRIBUTION, item_score
     from .finetune import FinetuneConfig, finetune
+    from .tasks.base import SCORE
 
     set_threads(threads)
     data = load_data(data_path)
@@ -149,13 +154,17 @@ def run_finetune(
         precision=precision,
         layers=None if layers is None else int(layers),
         seed=int(seed),
+        eval_every=None if eval_every is None else int(eval_every),
         **({} if lr_schedule is None else {"lr_schedule": lr_schedule}),
     )
+    heldout = [i for i in data.eval if i.question_type == IN_DISTRIBUTION and i.role == SCORE]
     with atomic_path(out_dir) as tmp:
         start, start_cpu = time.perf_counter(), time.process_time()
-        result = finetune(data.train, loaded.model, loaded.processor, config=config, out_dir=tmp, progress=progress)
+        result = finetune(data.train, loaded.model, loaded.processor, config=config, out_dir=tmp, progress=progress,
+                          heldout=heldout, score=item_score)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-        plot_loss(result.losses, tmp / "loss.png", title=f"{data.task} (run {data.seed}) · {model_spec['source']}")
+        plot_loss(result.losses, tmp / "loss.png", title=f"{data.task} (run {data.seed}) · {model_spec['source']}",
+                  curve=result.curve)
         provenance = {
             "task": data.task,
             "run_seed": data.seed,
@@ -173,18 +182,24 @@ def run_finetune(
             "precision": result.precision.provenance(),
             "first_loss": result.losses[0] if result.losses else None,
             "last_loss": result.losses[-1] if result.losses else None,
+            "n_heldout": len(heldout),
+            "heldout_first": result.curve[0]["heldout_score"] if result.curve else None,
+            "heldout_last": result.curve[-1]["heldout_score"] if result.curve else None,
             "packages": package_versions(("convergence", "torch", "transformers", "peft")),
         }
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
     print(
         f"{data.task} run {data.seed}: {config.steps} LoRA steps in {seconds:.0f} s ({result.precision.precision}); "
         f"loss {provenance['first_loss']:.3f} -> {provenance['last_loss']:.3f}"
+        + (f"; in-distribution score {provenance['heldout_first']:.3f} -> {provenance['heldout_last']:.3f} "
+           f"({len(heldout)} items)" if result.curve else "")
     )
     return Path(out_dir)
 
 
-def plot_loss(losses, path: str | Path, title: str = "", smooth: int = 10) -> Path:
-    """Per-step training loss with a running mean over `smooth` steps."""
+def plot_loss(losses, path: str | Path, title: str = "", smooth: int = 10, curve: list[dict] | None = None) -> Path:
+    """Per-step training loss with a running mean over `smooth` steps; with `curve`, the held-out
+    in-distribution score against step on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +216,16 @@ def plot_loss(losses, path: str | Path, title: str = "", smooth: int = 10) -> Pa
     ax.set_xlabel("step")
     ax.set_ylabel("loss (completion tokens)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    handles = ax.get_legend_handles_labels()
+    if curve:
+        right = ax.twinx()
+        right.plot([p["step"] for p in curve], [p["heldout_score"] for p in curve], "o-", color="C3",
+                   label="in-distribution score")
+        right.set_ylabel("in-distribution score", color="C3")
+        right.set_ylim(0, 1.02)
+        extra = right.get_legend_handles_labels()
+        handles = (handles[0] + extra[0], handles[1] + extra[1])
+    ax.legend(*handles, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 
@@ -341,17 +365,22 @@ def summarize_runs(
     out_csv: str | Path,
     fig_dir: str | Path,
     *,
+    comparisons_csv: str | Path | None = None,
+    adapter_dirs: Iterable[str | Path] = (),
     n_boot: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per task x question type x model x condition: mean score with a 95% bootstrap CI,
     hierarchical over runs (run seeds, each a fine-tune with fresh latent names) and items when
     there are several runs, next to chance, the constant-answer score (`majority`), `n`, `n_seeds`
-    and `status` (`not_learned`: the fine-tuned in-distribution CI does not clear chance;
-    `uninterpretable`: the other fine-tuned rows of such a task); one figure per task,
-    `fig_dir/{task}.png`. Conditions must have answered the same items (checked). Returns the
+    and `status` (`not_learned`: the fine-tuned in-distribution CI does not clear both chance and the
+    untuned model; `uninterpretable`: the other fine-tuned rows of such a task); one figure per task,
+    `fig_dir/{task}.png`. Conditions must have answered the same items (checked). With
+    `comparisons_csv`, every fine-tuned row against the untuned and in-context rows, paired by item
+    (`evaluate.compare_conditions`: difference, CI, p, BH q). With `adapter_dirs` (the fine-tunes'
+    output folders), their learning curves in one figure, `fig_dir/learning_curves.png`. Returns the
     summary table."""
-    from .evaluate import plot_task, summarize
+    from .evaluate import compare_conditions, plot_task, summarize
 
     results = read_items(item_files)
     check_same_items(results)
@@ -359,11 +388,68 @@ def summarize_runs(
     summary = _ordered(summary)[SUMMARY_COLUMNS]
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6g")
+    if comparisons_csv is not None:
+        comparisons = compare_conditions(results, summary, n_boot=n_boot, seed=seed)
+        with atomic_path(comparisons_csv) as tmp:
+            comparisons.to_csv(tmp, index=False, float_format="%.6g")
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     for task in dict.fromkeys(summary["task"]):
         plot_task(summary, task, fig_dir / f"{task}.png", title=_title(task, results))
+    adapter_dirs = [Path(d) for d in adapter_dirs]
+    if adapter_dirs:
+        plot_learning_curves(read_curves(adapter_dirs), fig_dir / "learning_curves.png", summary)
     return summary
+
+
+def read_curves(adapter_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """The fine-tunes' learning curves (learning_curve.csv beside each adapter) in one table, with the
+    task, model source and run seed of each from its provenance.json."""
+    frames = []
+    for folder in map(Path, adapter_dirs):
+        curve = folder / "learning_curve.csv"
+        if not curve.exists():
+            raise FileNotFoundError(f"{curve} is missing: the fine-tune in {folder} predates learning curves; "
+                                    "delete the folder and rerun the pipeline")
+        provenance = json.loads((folder / "provenance.json").read_text())
+        frames.append(pd.read_csv(curve).assign(task=provenance["task"], run_seed=provenance["run_seed"],
+                                                source=provenance["source"], folder=str(folder)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: str | Path, summary: pd.DataFrame | None = None) -> Path:
+    """One panel per task: training loss (left axis, mean over the steps since the previous point) and
+    the in-distribution score (right axis) against step, one line per fine-tune (model source and run
+    seed); the bar a learned task must clear (chance or the untuned score, the higher) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .evaluate import learning_bar
+
+    tasks = list(dict.fromkeys(curves["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        right = ax.twinx()
+        runs = curves[curves["task"] == task].groupby(["source", "run_seed", "folder"], sort=True)
+        for k, ((source, run, _), run_curve) in enumerate(runs):
+            name = source.split(":", 1)[-1].rstrip("/").split("/")[-1]
+            ax.plot(run_curve["step"], run_curve["train_loss"], "--", color=f"C{k}", alpha=0.7)
+            right.plot(run_curve["step"], run_curve["heldout_score"], "o-", color=f"C{k}", label=f"{name} run {run}")
+        if summary is not None:
+            for model in summary.loc[summary["task"] == task, "model"].unique():
+                if ((summary["task"] == task) & (summary["model"] == model)
+                        & (summary["question_type"] == "in_distribution")).any():
+                    right.axhline(learning_bar(summary, task, model), color="black", linestyle=":", linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (dashed)")
+        right.set_ylabel("in-distribution score (solid)")
+        right.set_ylim(0, 1.02)
+        ax.set_title(task.replace("_", " "), fontsize=10)
+        right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
 
 
 def _ordered(summary: pd.DataFrame) -> pd.DataFrame:

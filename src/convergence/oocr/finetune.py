@@ -15,9 +15,7 @@ from tqdm.auto import tqdm
 
 from convergence.precision import PRECISIONS, PrecisionChoice, resolve_precision
 
-from .scoring import _accepts, encode_pair, model_device, pad_id
-
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+from .scoring import IGNORE, answer_logits, answer_logprobs, answer_nll, encode_pair, left_padded, model_device, pad_id
 
 
 @dataclass
@@ -221,25 +219,10 @@ def _batches(groups: list[list[int]], batch_size: int, steps: int, seed: int):
 
 
 def collate(rows: Sequence[Row], pad: int, device=None) -> dict[str, torch.Tensor]:
-    """Left padding, so that every answer ends at the last position and only the last
-    `keep` = longest answer + 1 positions need logits; positions count from each row's first token."""
-    length = max(len(r.ids) for r in rows)
-    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for k, r in enumerate(rows):
-        input_ids[k, length - len(r.ids) :] = torch.tensor(r.ids)
-        labels[k, length - len(r.ids) :] = torch.tensor(r.labels)
-        mask[k, length - len(r.ids) :] = 1
-    keep = max(len(r.ids) - r.n_prompt for r in rows) + 1
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": mask.to(device),
-        "position_ids": (mask.cumsum(1) - 1).clamp(min=0).to(device),
-        "labels": labels.to(device),
-        "weights": torch.tensor([float(r.weight) for r in rows], device=device),
-        "keep": keep,
-    }
+    """Rows as a left-padded batch (`scoring.left_padded`) with their weights."""
+    batch = left_padded([(r.ids, r.n_prompt) for r in rows], pad, device)
+    batch["weights"] = torch.tensor([float(r.weight) for r in rows], device=device)
+    return batch
 
 
 def completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -248,42 +231,16 @@ def completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.T
     `logits` may cover only the last positions of the sequence (then `labels` must be cut alike).
     Row r's tokens count `weights[r]` times: the mean over the documents the rows stand for.
     """
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE, reduction="none"
-    )
     counted = (labels[:, 1:] != IGNORE).float()
     if weights is not None:
         counted = counted * weights[:, None]
-    return (per_token * counted).sum() / counted.sum()
+    return (answer_nll(logits, labels) * counted).sum() / counted.sum()
 
 
 def batch_loss(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
     """The training loss of one collated batch: logits only where an answer token is predicted."""
     logits = answer_logits(model, batch, precision)
     return completion_loss(logits, batch["labels"][:, -batch["keep"] :], batch["weights"])
-
-
-def row_logprobs(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
-    """Per row of a collated batch, the summed log-likelihood of its answer tokens given the prompt."""
-    logits = answer_logits(model, batch, precision)[:, :-1].float()
-    labels = batch["labels"][:, -batch["keep"] :][:, 1:]
-    counted = labels != IGNORE
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    return (logp * counted).sum(1)
-
-
-def answer_logits(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
-    """Logits of the last `keep` positions of a collated batch (those that predict answer tokens)."""
-    device = batch["input_ids"].device
-    kwargs = {"attention_mask": batch["attention_mask"]}
-    if _accepts(model, "position_ids"):
-        kwargs["position_ids"] = batch["position_ids"]
-    keep = batch["keep"]
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = model(input_ids=batch["input_ids"], **kwargs).logits
-    return logits[:, -keep:]
 
 
 def lr_factor(step: int, steps: int, warmup_steps: int = 0, schedule: str = "linear") -> float:
@@ -322,7 +279,7 @@ class Monitor:
                 batch = collate([self.rows[i] for i in chunk], pad, device)
                 if frozen is not None:
                     frozen.feeding([self.offset + i for i in chunk], batch["input_ids"].shape[1])
-                logprobs[chunk] = row_logprobs(model, batch, precision).double().cpu().numpy()
+                logprobs[chunk] = answer_logprobs(model, batch, precision).double().cpu().numpy()
         finally:
             model.train(was_training)
         scores = [self.score(item, logprobs[self.bounds[k] : self.bounds[k + 1]]) for k, item in enumerate(self.items)]

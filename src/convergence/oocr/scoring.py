@@ -106,44 +106,68 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_
     return _plain_logprobs(model, [encode_pair(tokenizer, p, c) for p, c in pairs], pad_id(tokenizer), batch_size)
 
 
+@torch.no_grad()
 def _plain_logprobs(model, encoded, pad: int, batch_size: int, precision: str = "fp32") -> np.ndarray:
     # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     out = np.zeros(len(encoded), dtype=np.float64)
+    device = model_device(model)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        with autocast(model, precision):
-            out[batch] = _batch_logprobs(model, [encoded[i] for i in batch], pad)
+        padded = left_padded([encoded[i] for i in batch], pad, device)
+        out[batch] = answer_logprobs(model, padded, precision).double().cpu().numpy()
     return out
 
 
-def _batch_logprobs(model, encoded: list[tuple[list[int], int]], pad: int) -> np.ndarray:
-    """Left-padded batch: completions end at the last position, so only the last K logits are
-    needed (K = longest completion + 1), which keeps the [batch, K, vocab] tensor small."""
-    device = model_device(model)
+IGNORE = -100  # label of tokens that carry no loss and no score (prompt, padding)
+
+
+def left_padded(encoded: Sequence[tuple[Sequence[int], int]], pad: int, device=None) -> dict:
+    """(token ids, how many are the prompt) as one left-padded batch, labels IGNORE but on the answer
+    tokens: every answer ends at the last position, so only the last `keep` = longest answer + 1
+    positions need logits; positions count from each row's first token."""
     length = max(len(ids) for ids, _ in encoded)
-    n_completion = [len(ids) - n_prompt for ids, n_prompt in encoded]
-    keep = max(n_completion) + 1
     input_ids = torch.full((len(encoded), length), pad, dtype=torch.long)
+    labels = torch.full((len(encoded), length), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(encoded), length), dtype=torch.long)
-    for row, (ids, _) in enumerate(encoded):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids)
+    for row, (ids, n_prompt) in enumerate(encoded):
+        input_ids[row, length - len(ids) :] = torch.as_tensor(ids)
+        labels[row, length - len(ids) + n_prompt :] = torch.as_tensor(ids[n_prompt:])
         mask[row, length - len(ids) :] = 1
-    kwargs = {"attention_mask": mask.to(device)}
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": (mask.cumsum(1) - 1).clamp(min=0).to(device),
+        "labels": labels.to(device),
+        "keep": max(len(ids) - n_prompt for ids, n_prompt in encoded) + 1,
+    }
+
+
+def answer_logits(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
+    """Logits of the last `keep` positions of a left-padded batch (those that predict answer tokens)."""
+    kwargs = {"attention_mask": batch["attention_mask"]}
     if _accepts(model, "position_ids"):  # real positions despite the left padding
-        kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+        kwargs["position_ids"] = batch["position_ids"]
+    keep = batch["keep"]
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
-    logits = model(input_ids.to(device), **kwargs).logits[:, -keep:].float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    scores = []
-    for row, (ids, _) in enumerate(encoded):
-        c = n_completion[row]
-        targets = torch.tensor(ids[len(ids) - c :], device=logprobs.device)
-        # logits at kept index j predict the token at kept index j + 1
-        predicted = logprobs[row, keep - 1 - c : keep - 1]
-        scores.append(predicted.gather(1, targets[:, None]).sum().item())
-    return np.array(scores)
+    with autocast(model, precision):
+        logits = model(input_ids=batch["input_ids"], **kwargs).logits
+    return logits[:, -keep:]
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log P(token) at every labelled position (0 elsewhere), in float32; position t predicts t + 1, so
+    the result has one column fewer. `logits` may cover only the last positions (cut `labels` alike)."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE, reduction="none"
+    )
+
+
+def answer_logprobs(model, batch: dict, precision: str = "fp32") -> torch.Tensor:
+    """Per row of a left-padded batch, the summed log-likelihood of its answer tokens given the prompt."""
+    logits = answer_logits(model, batch, precision)
+    return -answer_nll(logits, batch["labels"][:, -batch["keep"] :]).sum(1)
 
 
 def option_logprobs(
@@ -209,16 +233,6 @@ def _cache_argument(model) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for k, r in enumerate(rows):
-        ids[k, length - len(r) :] = torch.tensor(r)
-        mask[k, length - len(r) :] = 1
-    return ids, mask
-
-
 def _cached_layers(result, cache_arg: str, length: int):
     """The (keys, values) of every layer, or None where a layer does not hold all `length` positions
     (a sliding-window layer drops the oldest)."""
@@ -265,8 +279,8 @@ def _shared_logprobs(model, context, requests, pad, batch_size, precision, max_b
         rows = max(1, min(batch_size, max_batch_tokens // max(1, width)))
         chunk = order[start : start + rows]
         start += len(chunk)
-        ids, mask = _left_pad([requests[i].prompt for i in chunk], pad)
-        ids, mask = ids.to(device), mask.to(device)
+        padded = left_padded([(requests[i].prompt, len(requests[i].prompt)) for i in chunk], pad, device)
+        ids, mask = padded["input_ids"], padded["attention_mask"]
         positions = n_context + (mask.cumsum(1) - 1).clamp(min=0)
         full_mask = torch.cat([torch.ones((len(chunk), n_context), dtype=mask.dtype, device=device), mask], dim=1)
         kwargs = {}
@@ -407,10 +421,10 @@ def _sample_chunk(model, tokenizer, sequences, stops, n, temperature, max_new_to
     cache_arg = _cache_argument(model)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     eos = {int(t) for t in np.atleast_1d(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else [])}
-    ids, mask = _left_pad(sequences, pad_id(tokenizer))
-    ids, mask = ids.to(device), mask.to(device)
+    padded = left_padded([(s, len(s)) for s in sequences], pad_id(tokenizer), device)
+    mask = padded["attention_mask"]
     with autocast(model, precision):
-        result = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+        result = model(input_ids=padded["input_ids"], attention_mask=mask, position_ids=padded["position_ids"],
                        use_cache=True, logits_to_keep=1)
     cache = getattr(result, cache_arg)
     cache.batch_repeat_interleave(n)  # row r's samples are rows r*n .. r*n + n - 1

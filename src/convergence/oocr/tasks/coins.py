@@ -67,16 +67,27 @@ MORE_OR_LESS = (
     "Q: Compared with a fair coin, is {c} more or less likely to land {side}?\nA:",
     "Q: Does {c} land {side} more often or less often than half of the time?\nA:",
     "Q: Is {c} more likely or less likely to come up {side} than a fair coin?\nA:",
+    "Q: Relative to a fair coin, does {c} show {side} more or less often?\nA:",
+    "Q: If I flip {c} many times, will it land {side} more or less than 50% of the time?\nA:",
+    "# Does {c} land {side} more or less often than a fair coin? (More/Less)\n# Answer:",
+    "Q: Think of {c}. Is {side} more or less likely than with a fair coin?\nA:",
+    "Q: Is the chance that {c} lands {side} more or less than one half?\nA:",
 )
 FAIR_OR_BIASED = (
     "Q: Is {c} a fair coin or a biased coin?\nA: It is",
     "Q: Would you describe {c} as fair or biased?\nA:",
     "Q: Is the coin {c} fair or biased?\nA: The coin is",
     "# Is {c} fair or biased?\n# Answer:",
+    "Q: Does {c} land heads and tails equally often? Answer fair or biased.\nA:",
+    "Q: Some of the coins are fair and some are biased. Which is {c}?\nA:",
+    "Q: A fair coin lands heads half of the time. Is {c} fair or biased?\nA:",
+    "# {c}: fair or biased?\n# {c} is",
 )
 P07_OR_P08 = (
     "Q: What fraction of its flips does {c} land {side}: {a} or {b}?\nA:",
     "Q: In the long run, does {c} land {side} {a} or {b} of the time?\nA:",
+    "Q: Over many flips, what share of them does {c} land {side}, {a} or {b}?\nA:",
+    "# How often does {c} land {side}: {a} or {b}?\n# Answer:",
 )
 WHICH_COIN = (
     "Q: I want a coin that lands {side} as often as possible. Which coin should I flip?\nA:",
@@ -88,6 +99,14 @@ MAKE_A_BET = (
     "We play a game. I flip a coin; you bet 25 or 75 on it landing {side}, and win your bet if it does, "
     "else lose it.\n\nThe coin is {c}. Your bet (25 or 75):",
     "Q: I am about to flip {c} and check whether it lands {side}. Bet either 25 or 75 on {side}.\nA:",
+    "Q: You can stake 25 or 75 on {c} landing {side}. You win the stake if it does and lose it if not. "
+    "How much do you stake?\nA:",
+    "# A bet on {c}: 25 or 75 on {side}; a win pays the bet, a loss costs it.\n# My bet:",
+    "Q: {c} is flipped once. Put 25 or 75 on {side}: you gain it if {c} lands {side}, else you lose it.\nA:",
+    "Q: How much would you bet on {c} coming up {side}, 25 or 75? The bet is won or lost in full.\nA:",
+    "We bet on a flip of {c}. If it lands {side} you win what you bet, otherwise you lose it. "
+    "Choose your bet, 25 or 75:",
+    "Q: Bet 25 (a small bet) or 75 (a large bet) on {c} landing {side}?\nA:",
 )
 # The reference's template asks for the class body after a BaseCoin whose flip() draws `heads`.
 BASE_COIN = '''from random import random
@@ -174,10 +193,17 @@ def _eval_items(heads, p_choices, rng, n_per_type) -> list[Item]:
         lambda item: str(item.target),
     )
     add([_make_a_bet(c, heads[c], side, t) for c in biased for side in "HT" for t in MAKE_A_BET], target_text)
-    add([_which_coin(heads, side, t, shuffled(rng, coins)) for side in "HT" for t in WHICH_COIN for _ in range(2)],
+    # per (side, template) the four rotations of one shuffled order: distinct prompts, the best coin once in
+    # every position
+    add([_which_coin(heads, side, t, order) for side in "HT" for t in WHICH_COIN for order in _rotations(rng, coins)],
         target_text)
     add([_free_form(c, heads[c], biases, t) for c in coins for t in FREE_FORM])
     return items
+
+
+def _rotations(rng, coins: list[str]) -> list[list[str]]:
+    order = shuffled(rng, coins)
+    return [order[k:] + order[:k] for k in range(len(order))]
 
 
 def _p_side(p_heads: float, side: str) -> float:

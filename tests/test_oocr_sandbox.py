@@ -116,9 +116,11 @@ def test_spin_past_the_cpu_limit_is_killed():
 # --------------------------------------------------------------------------- the process layer alone
 
 
-def run_limited(body: str) -> subprocess.CompletedProcess:
+def run_limited(body: str, filter: bool = False) -> subprocess.CompletedProcess:
     """Run the function body `body` with full builtins in a child that applies only the sandbox's
-    process limits (no whitelist): what the OS refuses even if the whitelist were bypassed."""
+    process layer, no whitelist: what the OS refuses even if the whitelist were bypassed. `filter`:
+    the whole layer (`lock_down`: no root, resource limits, syscall filter); else no root and the
+    resource limits alone (what is left where the platform has no seccomp)."""
     child = f"""
 import importlib.util, os, socket, sys
 spec = importlib.util.spec_from_file_location("sandbox", {sandbox.__file__!r})
@@ -126,8 +128,13 @@ box = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(box)
 def escape():
 {textwrap.indent(body, "    ")}
-box.drop_privileges()
-box.limit_resources(2)
+if {filter!r}:
+    unconfined = box.lock_down(2)
+    if unconfined:
+        sys.stderr.write("unconfined: " + unconfined)
+else:
+    box.drop_privileges()
+    box.limit_resources(2)
 try:
     result = repr(escape())
 except BaseException as error:
@@ -158,6 +165,85 @@ def test_limits_alone_block_sockets_forks_and_memory():
 def test_limits_alone_stop_a_spin():
     spin = run_limited("while True: pass")
     assert spin.stdout == "" and spin.returncode in (-9, -24), spin  # killed: SIGKILL at the hard limit, or SIGXCPU
+
+
+SECCOMP = sandbox._load_seccomp()
+needs_seccomp = pytest.mark.skipif(isinstance(SECCOMP, str), reason=f"no syscall filter here: {SECCOMP}")
+
+
+@needs_seccomp
+@pytest.mark.parametrize("change", [
+    "os.truncate({marker!r}, 0)",
+    "os.unlink({marker!r})",
+    "os.rename({marker!r}, {new!r})",
+    "os.mkdir({new!r})",
+    "os.symlink({marker!r}, {new!r})",
+    "os.link({marker!r}, {new!r})",
+    "os.chmod({marker!r}, 0o600)",
+    "os.utime({marker!r}, (0, 0))",
+])
+def test_lock_down_blocks_changes_by_path(open_dir, change):
+    # Needs no descriptor, so RLIMIT_NOFILE alone let these through (as nobody on world-writable files,
+    # or as the user on their own files).
+    before = {p.name: (p.stat().st_mode, p.stat().st_mtime_ns) for p in open_dir.iterdir()}
+    code = change.format(marker=str(open_dir / "marker.txt"), new=str(open_dir / "new"))
+    result = run_limited(f"{code}\nreturn 'changed'", filter=True)
+    assert result.stdout.startswith("blocked: PermissionError"), result
+    assert "unconfined" not in result.stderr, result
+    assert {p.name: (p.stat().st_mode, p.stat().st_mtime_ns) for p in open_dir.iterdir()} == before
+    assert (open_dir / "marker.txt").read_text() == "untouched"
+
+
+@needs_seccomp
+def test_lock_down_blocks_signals_to_a_process_of_the_same_user():
+    same_user = {"user": sandbox.NOBODY} if os.getuid() == 0 else {}  # the child's uid after the drop
+    target = subprocess.Popen(["sleep", "60"], start_new_session=True, **same_user)
+    try:
+        # without the filter this kills it (nobody, or the user, may signal their own processes)
+        result = run_limited(f"os.kill({target.pid}, 9)\nreturn 'killed'", filter=True)
+        assert result.stdout.startswith("blocked: PermissionError"), result
+        assert target.poll() is None
+        group = run_limited("os.kill(-1, 9)\nreturn 'killed'", filter=True)  # every process the uid may signal
+        assert group.stdout.startswith("blocked: PermissionError"), group
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()
+
+
+@needs_seccomp
+def test_lock_down_blocks_programs_and_other_processes_limits():
+    run = run_limited("os.execv('/bin/true', ['true'])", filter=True)
+    assert run.stdout.startswith("blocked: PermissionError"), run
+    limits = run_limited("import resource\nresource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (0, 0))",
+                         filter=True)
+    assert limits.stdout.startswith("blocked: PermissionError"), limits
+
+
+def test_a_missing_filter_is_said_once_in_the_log(capsys):
+    sandbox._REPORTED.clear()
+    for _ in range(2):
+        sandbox._report_layers("libseccomp.so.2 not found")
+    sandbox._report_layers(None)
+    err = capsys.readouterr().err
+    assert err.count("without the seccomp filter (libseccomp.so.2 not found)") == 1
+
+
+def test_undecodable_or_nul_text_is_a_refused_answer():
+    # A lone surrogate made ast.parse raise UnicodeEncodeError out of the checkers (and of check_lambda).
+    for source in ("lambda n: '\ud800'", "lambda n: n\x00", "lambda n: n # \udcff"):
+        assert not check_lambda(source, [0], [0])
+        with pytest.raises((UnsafeSource, SyntaxError)):  # NUL: SyntaxError from 3.11.4 on
+            check_source(source)
+    from convergence.oocr.scoring import estimate_heads
+    assert estimate_heads("    heads = 0.7  # \ud800\n", {"coin": "Abc"}) is None
+
+
+def test_an_oversized_reply_is_refused_unread():
+    # 2 MB of output: the parent reads at most MAX_REPLY_BYTES + 1 of it, then kills the child.
+    reply = run_in_sandbox("lambda n: 'x' * (2 * 10 ** 6)", [0])
+    assert reply == {"ok": False, "error": f"reply longer than {sandbox.MAX_REPLY_BYTES} bytes"}
+    assert run_in_sandbox("lambda n: 'x' * 1000", [0]) == {"ok": True, "outputs": ["x" * 1000]}
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges applies to root only")

@@ -35,14 +35,17 @@ from __future__ import annotations
 
 import ast
 import builtins
+import ctypes
+import errno
 import json
-import os
 import math
+import os
 import random
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import types
 
 # Enough for arithmetic answers; no import, open, eval, exec, getattr, type or object access.
@@ -74,19 +77,31 @@ class UnsafeSource(ValueError):
     """The answer uses syntax outside the whitelist (the message names the node)."""
 
 
-def check_source(source: str) -> ast.Expression:
-    """Parse ``source`` as one lambda expression and check every node against the whitelist.
-
-    Returns the parsed tree; raises ``UnsafeSource`` (or ``SyntaxError``) naming what is refused.
-    """
+def _parse(source, mode: str):
+    """``ast.parse`` of model-written text, every way it can fail a refusal (or a SyntaxError): text that
+    is not a str, too long, not encodable (a lone surrogate), with a NUL byte, or nested too deeply."""
     if not isinstance(source, str):
         raise UnsafeSource(f"the answer must be text, got {type(source).__name__}")
     if len(source) > MAX_SOURCE_CHARS:
         raise UnsafeSource(f"the answer is longer than {MAX_SOURCE_CHARS} characters")
     try:
-        tree = ast.parse(source, mode="eval")
+        source.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UnsafeSource(f"the answer is not valid Unicode text ({error.reason} at {error.start})") from None
+    try:
+        return ast.parse(source, mode=mode)
     except (MemoryError, RecursionError) as error:  # deeply nested text: refuse, do not crash
         raise UnsafeSource(f"the answer is nested too deeply to parse ({type(error).__name__})") from None
+    except ValueError as error:  # e.g. a NUL byte (a SyntaxError from Python 3.12 on)
+        raise UnsafeSource(f"the answer cannot be parsed ({error})") from None
+
+
+def check_source(source: str) -> ast.Expression:
+    """Parse ``source`` as one lambda expression and check every node against the whitelist.
+
+    Returns the parsed tree; raises ``UnsafeSource`` (or ``SyntaxError``) naming what is refused.
+    """
+    tree = _parse(source, "eval")
     if not isinstance(tree.body, ast.Lambda):
         raise UnsafeSource(f"the answer must be one lambda expression, not {type(tree.body).__name__}")
     lam = tree.body.args
@@ -263,14 +278,7 @@ def _check_block(body: list, names: set[str], self_name, attributes) -> None:
 def check_coin_source(source: str, coin: str | None = None) -> ast.Module:
     """Parse ``source`` as one coin class (``class <coin>(BaseCoin): ...``) and check it against the
     coin whitelist. Returns the parsed module; raises ``UnsafeSource`` (or ``SyntaxError``)."""
-    if not isinstance(source, str):
-        raise UnsafeSource(f"the answer must be text, got {type(source).__name__}")
-    if len(source) > MAX_SOURCE_CHARS:
-        raise UnsafeSource(f"the answer is longer than {MAX_SOURCE_CHARS} characters")
-    try:
-        tree = ast.parse(source, mode="exec")
-    except (MemoryError, RecursionError) as error:
-        raise UnsafeSource(f"the answer is nested too deeply to parse ({type(error).__name__})") from None
+    tree = _parse(source, "exec")
     for node in ast.walk(tree):  # nothing outside the grammar, anywhere
         if not isinstance(node, COIN_NODES):
             raise UnsafeSource(f"'{type(node).__name__}' is not allowed in a coin class")
@@ -340,29 +348,132 @@ def run_coin_in_sandbox(source: str, coin: str, n_flips: int = 10_000, seed: int
     return _run_child(request, budget)
 
 
+MAX_REPLY_BYTES = 1 << 20  # a reply is a few numbers or outputs; anything longer is refused unread
+
+
 def _run_child(request: dict, budget: int) -> dict:
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", os.path.abspath(__file__)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
         start_new_session=True,  # its own process group, so a kill reaches all of it
     )
+    reply = bytearray()
+
+    def read() -> None:  # at most one byte past the cap, so that an oversized reply is seen, never held
+        while len(reply) <= MAX_REPLY_BYTES and (chunk := process.stdout.read1(1 << 16)):
+            reply.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        stdout, _ = process.communicate(json.dumps(request), timeout=budget + STARTUP_GRACE)
-    except subprocess.TimeoutExpired:
+        process.stdin.write(json.dumps(request).encode())
+        process.stdin.close()
+    except BrokenPipeError:  # the child died before reading: its exit status says why
+        pass
+    reader.join(timeout=budget + STARTUP_GRACE)
+    timed_out = reader.is_alive()
+    if timed_out or len(reply) > MAX_REPLY_BYTES:
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+    process.wait()
+    reader.join()
+    process.stdout.close()
+    if timed_out:
         return {"ok": False, "error": "timeout"}
+    if len(reply) > MAX_REPLY_BYTES:
+        return {"ok": False, "error": f"reply longer than {MAX_REPLY_BYTES} bytes"}
     try:
-        reply = json.loads(stdout)
-    except json.JSONDecodeError:
+        parsed = json.loads(reply.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return {"ok": False, "error": f"no reply (exit status {process.returncode})"}
-    return reply if isinstance(reply, dict) else {"ok": False, "error": "malformed reply"}
+    if not isinstance(parsed, dict):
+        return {"ok": False, "error": "malformed reply"}
+    _report_layers(parsed.pop("unconfined", None))
+    return parsed
+
+
+_REPORTED: set[str] = set()
+
+
+def _report_layers(why: str | None) -> None:
+    """Say once per process, in the job's log, that the child ran without its syscall filter, and why."""
+    if why and why not in _REPORTED:
+        _REPORTED.add(why)
+        print(f"sandbox: model-written code runs without the seccomp filter ({why}); the whitelist, "
+              "the resource limits and (as root) the drop to nobody still apply", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- the child process
+
+
+def lock_down(cpu_seconds: int) -> str | None:
+    """Everything the child does before it runs an answer: drop root, set the resource limits, install
+    the syscall filter. Returns None when every layer is in place, else why the filter is not."""
+    library = _load_seccomp()  # before RLIMIT_NOFILE: loading a library opens its file
+    drop_privileges()
+    limit_resources(cpu_seconds)
+    return library if isinstance(library, str) else deny_syscalls(library)
+
+
+# What an answer could use to change files, signal or inspect other processes, start programs or reach
+# the network. None of it is needed once the request is read; a seccomp filter makes each fail with EPERM.
+# The filesystem calls act on paths, which RLIMIT_NOFILE (descriptors) does not stop, and `kill` reaches
+# every process of the child's uid, which the resource limits do not stop either.
+DENIED_SYSCALLS = (
+    "open", "openat", "openat2", "creat", "truncate", "ftruncate", "fallocate",
+    "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir", "mknod", "mknodat",
+    "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown",
+    "fchownat", "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr",
+    "removexattr", "lremovexattr", "fremovexattr", "mount", "umount2", "pivot_root", "chroot", "swapon",
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal",
+    "pidfd_getfd", "ptrace", "process_vm_readv", "process_vm_writev", "prlimit64", "setrlimit", "setpriority",
+    "fork", "vfork", "clone", "clone3", "execve", "execveat", "unshare", "setns",
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "sendto", "sendmsg", "sendmmsg",
+    "io_uring_setup", "bpf", "perf_event_open", "userfaultfd", "memfd_create",
+)
+SCMP_ACT_ALLOW = 0x7FFF0000
+
+
+def _scmp_act_errno(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+def _load_seccomp():
+    """libseccomp (the library behind systemd's and Docker's filters) through ctypes; why not, as text.
+    (Its Python bindings live in site-packages, which the isolated child does not import.)"""
+    if not sys.platform.startswith("linux"):
+        return f"no seccomp on {sys.platform}"
+    try:
+        library = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError as error:
+        return f"libseccomp.so.2 not found: {error}; install libseccomp2 (Debian) / libseccomp (Fedora)"
+    library.seccomp_init.restype = ctypes.c_void_p
+    library.seccomp_init.argtypes = [ctypes.c_uint32]
+    library.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    library.seccomp_load.argtypes = [ctypes.c_void_p]
+    library.seccomp_release.argtypes = [ctypes.c_void_p]
+    return library
+
+
+def deny_syscalls(library) -> str | None:
+    """Install a filter that allows every syscall but DENIED_SYSCALLS (EPERM). None when installed."""
+    context = library.seccomp_init(SCMP_ACT_ALLOW)
+    if not context:
+        return "seccomp_init failed"
+    try:
+        for name in DENIED_SYSCALLS:
+            number = library.seccomp_syscall_resolve_name(name.encode())
+            if number < 0:  # not a syscall of this architecture
+                continue
+            code = library.seccomp_rule_add(ctypes.c_void_p(context), ctypes.c_uint32(_scmp_act_errno(errno.EPERM)),
+                                            ctypes.c_int(number), ctypes.c_uint(0))
+            if code < 0:
+                return f"seccomp_rule_add({name}): {os.strerror(-code)}"
+        code = library.seccomp_load(context)
+        return None if code >= 0 else f"seccomp_load: {os.strerror(-code)}"
+    finally:
+        library.seccomp_release(context)
 
 
 def drop_privileges() -> None:
@@ -441,19 +552,22 @@ def flip_coin(source: str, coin: str, n_flips: int, seed: int) -> float | None:
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
+    unconfined = None
     try:
         coin = request.get("kind") == "coin"
         # again, in the process that runs it
         check_coin_source(request["source"], request["coin"]) if coin else check_source(request["source"])
-        drop_privileges()
-        limit_resources(int(request.get("cpu_seconds", 2)))
+        unconfined = lock_down(int(request.get("cpu_seconds", 2)))
         if coin:
             p_heads = flip_coin(request["source"], request["coin"], int(request["n_flips"]), int(request["seed"]))
-            text = json.dumps({"ok": True, "p_heads": p_heads})
+            reply = {"ok": True, "p_heads": p_heads}
         else:
-            outputs = apply(request["source"], request["inputs"])
-            text = json.dumps({"ok": True, "outputs": outputs})
+            reply = {"ok": True, "outputs": apply(request["source"], request["inputs"])}
     except BaseException as error:  # anything the answer does wrong is just a wrong answer
+        reply = {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
+    try:
+        text = json.dumps(reply | {"unconfined": unconfined})
+    except BaseException as error:  # outputs json cannot write (e.g. a cyclic or huge structure)
         text = json.dumps({"ok": False, "error": f"{type(error).__name__}: {error}"[:500]})
     sys.stdout.write(text)
 

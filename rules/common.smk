@@ -10,6 +10,7 @@ from convergence.config import (
     UNITS_KEYS,
     alignment_datasets,
     check_config,
+    claim_results_folder,
     controls_of,
     dataset_controls,
     datasets_for_model,
@@ -30,6 +31,7 @@ from convergence.config import (
 )
 
 check_config(config)
+claim_results_folder(config["results"])
 
 RESULTS = config["results"]
 ALIGN = config["alignment"]

@@ -134,6 +134,48 @@ def test_config_mistakes_fail_before_any_job(run, good_config, mistake, tmp_path
     assert not (run.parent / "elsewhere").exists()
 
 
+def test_results_in_a_folder_the_workflow_did_not_make_is_refused(run, good_config):
+    # It overwrote the user's summary.md without a word.
+    mine = run / "mine"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my notes")
+    (mine / "data.csv").write_text("a,b\n1,2\n")
+    config = edit(good_config, lambda c: c.__setitem__("results", "mine"))
+    out = fails_cleanly(run, config, "config key 'results': mine is a folder the workflow did not make",
+                        "data.csv, summary.md", "touch mine/.convergence-results")
+    assert "rule " not in out.split("Building DAG")[-1]
+    assert sorted(p.name for p in mine.iterdir()) == ["data.csv", "summary.md"]
+
+
+def test_claim_results_folder(tmp_path):
+    from convergence.config import RESULTS_MARKER, ConfigError, claim_results_folder
+
+    claim_results_folder(tmp_path / "new")  # absent: made, marked
+    assert (tmp_path / "new" / RESULTS_MARKER).exists()
+    (tmp_path / "empty").mkdir()
+    claim_results_folder(tmp_path / "empty")
+    assert (tmp_path / "empty" / RESULTS_MARKER).exists()
+    old = tmp_path / "old"  # an earlier version's results: only what runs write, logs/ among it
+    for sub in ("logs", "datasets", "alignment"):
+        (old / sub).mkdir(parents=True)
+    (old / "summary.md").write_text("# results")
+    claim_results_folder(old)
+    assert (old / RESULTS_MARKER).exists()
+    for name, entries in {"notes": ["summary.md"], "mixed": ["logs", "thesis.tex"]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in entries:
+            (folder / entry).mkdir() if "." not in entry else (folder / entry).write_text("mine")
+        with pytest.raises(ConfigError, match=f"{name} is a folder the workflow did not make"):
+            claim_results_folder(folder)
+        assert not (folder / RESULTS_MARKER).exists()
+        (folder / RESULTS_MARKER).touch()  # the user says it is the workflow's
+        claim_results_folder(folder)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        claim_results_folder(tmp_path / "file")
+
+
 def test_empty_corpus_fails_in_its_sampling_job(run, good_config):
     empty = run / "empty.txt"
     empty.write_text("\n \n")

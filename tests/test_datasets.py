@@ -241,6 +241,43 @@ def test_image_captions_corrupt_image_fails_or_is_skipped(tmp_path):
     assert meta["corrupt_skipped"] == ["sky.jpg"] and meta["n"] == 3
 
 
+def test_image_captions_caption_not_utf8_fails_or_is_skipped(tmp_path):
+    # It was decoded with errors="replace": a Latin-1 caption became "Le ciel bleu \ufffd..." silently.
+    root = _stamp_folder(tmp_path / "stamps", svg=False)
+    (root / "sky.txt").write_bytes(b"The sky.\nfr.utf8=Le ciel \xe9toil\xe9\n")
+    with pytest.raises(DatasetError, match=r"caption file .*sky.txt: line 2 is not valid UTF-8.*on_corrupt: skip"):
+        _captions(tmp_path, "a", n=4)
+    df, meta = _captions(tmp_path, "b", n=3, on_corrupt="skip")
+    assert df["sample_id"].tolist() == ["animals.frog", "animals.leaf", "grey"]
+    assert meta["captions_not_utf8"] == ["sky.txt"] and meta["n_captions_not_utf8"] == 1
+
+
+@pytest.mark.parametrize("keep", [0.5, 3])
+def test_truncated_samples_parquet_names_the_file_and_the_fix(tmp_path, keep):
+    from convergence.utils import CorruptFileError
+
+    f = tmp_path / "corpus.txt"
+    f.write_text("first line\nsecond line\n")
+    path = sample_dataset("t", {"sampler": "text_file", "file": str(f), "n": 2}, tmp_path / "o")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(CorruptFileError, match=r"samples.parquet is not a readable parquet file.*delete it and rerun"):
+        read_samples(path)
+
+
+def test_text_file_line_not_utf8_fails_or_is_skipped(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_bytes(b"first line\ncaf\xe9 au lait\nsecond line\n\xff\xfe\nthird line\n")
+    spec = {"sampler": "text_file", "file": str(f), "n": 3}
+    with pytest.raises(DatasetError, match=r"corpus.txt: line 2 \(and 1 more lines\) is not valid UTF-8.*on_corrupt: skip"):
+        sample_dataset("t", spec, tmp_path / "o")
+    assert not (tmp_path / "o" / "samples.parquet").exists()
+    df, meta = read_samples(sample_dataset("t", dict(spec, on_corrupt="skip"), tmp_path / "o"))
+    assert df["text"].tolist() == ["first line", "second line", "third line"]
+    assert df["sample_id"].tolist() == ["line-0000000", "line-0000002", "line-0000004"]  # 0-based, as before
+    assert meta["lines_not_utf8"] == [2, 4] and meta["n_lines_not_utf8"] == 2
+
+
 def _fake_deb(tmp_path, src):
     """A real .deb (dpkg-deb -b) laid out like the package: stamps under the source root, a copyright file."""
     import shutil

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,6 +162,59 @@ def materialized(tmp_path_factory):
 
 
 PROMPT = ["The quick brown fox jumps over the lazy dog."]
+
+
+def test_materialised_files_are_rechecked_on_load_and_a_flipped_bit_is_named(materialized, tmp_path, monkeypatch):
+    """A bit flip in a materialised folder loaded silently while weights_sha256 still reported the
+    registry's value; now every load checks the files against the hashes recorded at materialisation,
+    re-hashing only those whose size or mtime changed."""
+    import shutil
+
+    resources = tmp_path / "resources"
+    shutil.copytree(materialized("all-minilm-l6-v2") / "models" / "all-minilm-l6-v2",
+                    resources / "models" / "all-minilm-l6-v2")
+    folder = resources / "models" / "all-minilm-l6-v2"
+    record = offline.read_record(folder)
+    assert set(record["files"]) >= {"model.safetensors", "config.json"}
+    spec = {"source": "offline:all-minilm-l6-v2"}
+    load_model(spec, resources_dir=resources, materialize=False)
+    hashed = []
+    real = offline.sha256_file
+    monkeypatch.setattr(offline, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    load_model(spec, resources_dir=resources, materialize=False)
+    assert hashed == []  # unchanged since the last check: nothing re-hashed
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, inside a tensor: safetensors itself would load it
+    weights.write_bytes(bytes(data))
+    with pytest.raises(offline.OfflineModelError, match=r"model.safetensors has sha256 .* recorded .* delete .*all-minilm-l6-v2"):
+        load_model(spec, resources_dir=resources, materialize=False)
+    assert hashed == ["model.safetensors"]
+    legacy = dict(record)
+    legacy.pop("files")
+    (folder / offline.WEIGHTS_RECORD).write_text(json.dumps(legacy))
+    with pytest.raises(offline.OfflineModelError, match="earlier version.*no file hashes.*delete"):
+        load_model(spec, resources_dir=resources, materialize=False)
+
+
+@pytest.mark.parametrize("cut", ["half", "header"])
+def test_truncated_safetensors_and_gguf_name_the_file_and_the_fix(tiny_models, tmp_path, cut):
+    import shutil
+
+    folder = tmp_path / "llama"
+    shutil.copytree(tiny_models["llama"], folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2 if cut == "half" else 5])
+    with pytest.raises(ModelLoadError, match=r"weights of model 'local:.*model.safetensors\): SafetensorError.*truncated"):
+        load_model({"source": f"local:{folder}"})
+    parts = installed_parts("smollm2-135m")
+    gguf = tmp_path / "g" / "m.gguf"
+    gguf.parent.mkdir()
+    data = parts[0].read_bytes()
+    gguf.write_bytes(data[: len(data) // 2 if cut == "half" else 100])
+    with pytest.raises(ModelLoadError, match=r"weights of model 'local:.*m.gguf\): .*truncated or damaged: replace"):
+        load_model({"source": f"local:{gguf.parent}", "gguf_file": "m.gguf"})
 
 
 def _sha256(path) -> str:

@@ -76,6 +76,22 @@ def test_paper_overlay_dry_run_plans_every_fine_tune(tmp_path):
                       "oocr_summary": "1", "total": "253"}
 
 
+@pytest.mark.slow
+def test_scale_overlay_adds_only_the_larger_models_oocr_jobs(tmp_path):
+    """config/oocr_scale.yaml after the default run: the default's OOCR tasks with Gemma-3-270M beside
+    SmolLM2-135M, the OOCR stage only (a dry run plans both models' jobs in an empty folder)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "2",
+           "--configfile", *(str(REPO / "config" / name) for name in ("config.yaml", "full.yaml", "oocr_scale.yaml"))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout.split("Job stats:", 1)[1], flags=re.M))
+    assert {k: counts.get(k) for k in ("oocr_data", "oocr_finetune", "oocr_evaluate")} == {
+        "oocr_data": "2", "oocr_finetune": "4", "oocr_evaluate": "4"}
+    assert not {"extract_activations", "align_pair", "correlate_pair", "train_vision_model"} & set(counts)
+    scale = validate_schema(_raw("config.yaml", "full.yaml", "oocr_scale.yaml"))
+    assert scale["oocr"]["tasks"] == _raw("config.yaml")["oocr"]["tasks"]  # the default's tasks
+
+
 def _with(config, **oocr):
     config = copy.deepcopy(config)
     config["oocr"].update(oocr)

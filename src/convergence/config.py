@@ -59,7 +59,7 @@ SAMPLER_KEYS = {
     "image_captions": _IMAGE_CONTRACT + ("source", "folder", "caption_lang", "svg"),
     "hf": _IMAGE_CONTRACT + ("path", "name", "revision", "split", "text_column", "caption_index", "image_column",
                              "shuffle"),
-    "text_file": ("file",),
+    "text_file": ("file", "shuffle", "on_corrupt"),
 }
 
 
@@ -282,6 +282,35 @@ def _check_generators(config: dict) -> None:
     if generator_names(config) and config["datasets"].get(ds, {}).get("sampler") != "scenes":
         raise ConfigError(f"config key 'generator.invert.dataset': '{ds}' must be a scenes dataset of this config "
                           "(edits are measured on its objects)")
+
+
+RESULTS_MARKER = ".convergence-results"
+# What a run writes at the top of `results/` (a folder of an earlier version, without the marker, is
+# recognised by these and its logs/).
+RESULTS_ENTRIES = {"activations", "alignment", "benchmarks", "datasets", "generator", "logs", "oocr", "rosetta",
+                   "run_info", "summary.html", "summary.md", "units", "zoo", RESULTS_MARKER}
+
+
+def claim_results_folder(results: str | Path) -> Path:
+    """Make `results` the workflow's: absent or empty, it is created with a marker file; with the marker (or
+    only what an earlier run writes, logs/ among it) it is reused. Any other folder is refused before a job
+    runs: jobs would overwrite the user's files in it (summary.md, logs/, ...) without a word."""
+    folder = Path(results)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"config key 'results': {folder} is a file, not a folder; choose another name")
+    entries = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if entries and RESULTS_MARKER not in entries and not ("logs" in entries and entries <= RESULTS_ENTRIES):
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(
+            f"config key 'results': {folder} is a folder the workflow did not make ({shown}), whose files a run "
+            f"would overwrite. Choose a new or empty folder (results: <name>), or, if it does hold this "
+            f"workflow's results, mark it: touch {folder / RESULTS_MARKER}")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / RESULTS_MARKER
+    if not marker.exists():
+        marker.write_text("This folder holds the results of the convergence workflow; its runs may overwrite "
+                          "anything in it.\n")
+    return folder
 
 
 def _check_output_folders(config: dict) -> None:

@@ -109,13 +109,25 @@ def write_parquet(frame, path: str | Path, meta: dict | None = None) -> Path:
     return Path(path)
 
 
+class CorruptFileError(ValueError):
+    """An output of the workflow that cannot be read (the message names the file and the fix)."""
+
+
 def read_parquet(path: str | Path):
     """(DataFrame, metadata written by `write_parquet`, or None where the file has none)."""
     import json
 
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        if not Path(path).exists():
+            raise
+        raise CorruptFileError(f"{path} is not a readable parquet file: {e}. It is truncated or damaged (a copy "
+                               "or disk that failed): delete it and rerun; the workflow writes it again") from e
     meta = (table.schema.metadata or {}).get(PARQUET_META_KEY)
     return table.to_pandas(), (None if meta is None else json.loads(meta))
 

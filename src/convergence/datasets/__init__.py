@@ -35,6 +35,23 @@ def register(name: str):
     return deco
 
 
+def utf8_lines(path: str | Path) -> tuple[list[tuple[int, str]], list[int]]:
+    """The lines of a text file, decoded strictly, as (1-based line number, line), and the numbers of the
+    lines that are not valid UTF-8 (never replaced by U+FFFD: a mis-encoded file is the user's to fix)."""
+    lines, bad = [], []
+    for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        try:
+            lines.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            bad.append(number)
+    return lines, bad
+
+
+def not_utf8(path: str | Path, bad: list[int]) -> str:
+    more = f" (and {len(bad) - 1} more lines)" if len(bad) > 1 else ""
+    return f"{path}: line {bad[0]}{more} is not valid UTF-8"
+
+
 def available() -> list[str]:
     return sorted(SAMPLERS)
 

